@@ -1,0 +1,303 @@
+"""Load base, full fine-tuned, GGUF and LoRA checkpoints into a :class:`HookedModel`.
+
+Everything is validated before any weight is loaded, so bad input fails with a clear error
+and nothing is half-loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from deltalens.hooks.model import HookedModel
+
+BackendName = Literal["transformer_lens", "nnsight"]
+BACKENDS: tuple[str, ...] = ("transformer_lens", "nnsight")
+_WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.gguf")
+
+
+class CheckpointError(ValueError):
+    """A path, checkpoint or adapter that deltalens cannot load, with what was expected."""
+
+
+@dataclass
+class Provenance:
+    """Where a loaded model came from; stored next to every result."""
+
+    base: str
+    checkpoint: str | None
+    adapter: str | None
+    content_hash: str
+    backend: str
+    dtype: str
+    arch: str
+    adapter_merged: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------ hashing
+def _hash_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _hash_state(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(
+            t.detach().cpu().contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes()
+        )
+    return h.hexdigest()[:16]
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 (16 hex chars) over a checkpoint or adapter directory's weight and config files."""
+    p = Path(path)
+    if p.is_file():
+        return _hash_files([p])
+    files = [f for g in _WEIGHT_GLOBS for f in p.glob(g)]
+    files += [f for f in (p / "config.json", p / "adapter_config.json") if f.is_file()]
+    return _hash_files(files)
+
+
+# ------------------------------------------------------------------ validation
+def _check_checkpoint_dir(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no checkpoint at {str(path)!r}: expected a local Hugging Face model directory "
+            "(config.json + model.safetensors), a .gguf file, or an in-memory model"
+        )
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise CheckpointError(f"{path} is a file but not a .gguf checkpoint; pass its directory instead")
+        return
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        raise CheckpointError(
+            f"{path} is a peft adapter, not a base checkpoint: load it as dl.load(BASE, adapter={str(path)!r})"
+        )
+    if not (path / "config.json").is_file():
+        raise CheckpointError(
+            f"{path} is not a Hugging Face checkpoint: expected config.json and model weights "
+            f"(*.safetensors or pytorch_model.bin); found {sorted(x.name for x in path.iterdir())[:8]}"
+        )
+    if not any(any(path.glob(g)) for g in _WEIGHT_GLOBS):
+        raise CheckpointError(f"{path} has config.json but no weights (*.safetensors / *.bin)")
+
+
+def check_adapter(adapter: Path, base_model: nn.Module) -> dict[str, Any]:
+    """Check that a peft LoRA adapter fits ``base_model`` (modules exist, shapes match).
+
+    Raises:
+        FileNotFoundError / CheckpointError: missing dir, not an adapter, or trained for another base.
+    """
+    if not adapter.exists():
+        raise FileNotFoundError(f"no adapter directory at {str(adapter)!r}")
+    cfg_path = adapter / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{adapter} is not a peft adapter: expected adapter_config.json")
+    cfg = json.loads(cfg_path.read_text())
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{adapter} has no adapter_model.safetensors")
+    from safetensors import safe_open
+
+    modules = dict(base_model.named_modules())
+    problems: list[str] = []
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            mod_path = key.split(".lora_")[0].removeprefix("base_model.model.")
+            mod = modules.get(mod_path)
+            if mod is None:
+                problems.append(f"module {mod_path!r} does not exist in the base model")
+                continue
+            shape = tuple(f.get_slice(key).get_shape())
+            w = getattr(mod, "weight", None)
+            if w is None:
+                problems.append(f"{mod_path!r} has no weight")
+                continue
+            out_f, in_f = w.shape if type(mod).__name__ != "Conv1D" else (w.shape[1], w.shape[0])
+            if ".lora_A." in key and shape[1] != in_f:
+                problems.append(f"{key}: adapter expects in_features={shape[1]}, base has {in_f}")
+            if ".lora_B." in key and shape[0] != out_f:
+                problems.append(f"{key}: adapter expects out_features={shape[0]}, base has {out_f}")
+    if problems:
+        more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CheckpointError(
+            f"adapter {adapter} was trained for a different base model "
+            f"(adapter base: {cfg.get('base_model_name_or_path')!r}): " + "; ".join(problems[:5]) + more
+        )
+    return cfg
+
+
+# ------------------------------------------------------------------ loading
+def _load_hf(path: Path, dtype: torch.dtype, device_map: Any) -> tuple[nn.Module, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from deltalens.hooks.archs import arch_for
+
+    if path.is_file():  # GGUF: dequantize, then copy into a plain model class
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        arch_for(model.config)
+        cd = model.config.to_dict()
+        cd.pop("quantization_config", None)
+        plain = type(model)(type(model.config)(**cd)).to(dtype)
+        plain.load_state_dict(model.state_dict())
+        plain.config.architectures = [type(plain).__name__]
+        return plain.eval(), tok
+    arch_for(AutoConfig.from_pretrained(path))  # unsupported architecture: fail before loading weights
+    kw: dict[str, Any] = {"dtype": dtype}
+    if device_map is not None:
+        kw["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(path, **kw).eval()
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path} has no loadable tokenizer ({e}); pass tokenizer=...") from e
+    return model, tok
+
+
+def load(
+    source: str | Path | nn.Module,
+    tokenizer: Any = None,
+    adapter: str | Path | None = None,
+    backend: BackendName = "transformer_lens",
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    merge_adapter: bool | None = None,
+    device_map: Any = None,
+    **engine_kwargs: Any,
+) -> HookedModel:
+    """Load a checkpoint into a :class:`~deltalens.hooks.model.HookedModel`.
+
+    Args:
+        source: a local HF checkpoint directory, a ``.gguf`` file, or an in-memory
+            ``PreTrainedModel`` (then pass ``tokenizer``).
+        tokenizer: overrides the checkpoint's tokenizer; required for in-memory models.
+        adapter: a peft LoRA adapter directory trained on ``source``.
+        backend: ``"transformer_lens"`` (TransformerBridge) or ``"nnsight"`` (TransformersModel).
+        dtype: ``"float32"``, ``"bfloat16"``, ``torch.float16`` ...
+        device: ``"cpu"``, ``"cuda"`` ... (ignored when ``device_map`` is given).
+        merge_adapter: merge the LoRA into the weights. Always true for TransformerLens;
+            for nnsight ``False`` keeps the adapter live (default: merge).
+        device_map: passed to ``from_pretrained`` (accelerate), e.g. ``"auto"`` for multi-GPU.
+        **engine_kwargs: passed to the backend engine (e.g. nnsight's ``TransformersModel``).
+
+    Example:
+        >>> base = dl.load("ckpts/base")
+        >>> ft = dl.load("ckpts/base", adapter="ckpts/lora", backend="nnsight", merge_adapter=False)
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        CheckpointError: not a checkpoint, an adapter for another base, an unsupported architecture.
+    """
+    import torch
+
+    from deltalens.hooks.archs import arch_for
+    from deltalens.hooks.backend import NNsightBackend, TransformerLensBackend, base_module
+    from deltalens.hooks.model import HookedModel
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ValueError(f"dtype must be a torch dtype or its name, got {dtype!r}")
+    if merge_adapter is None:
+        merge_adapter = True
+    if adapter is not None and backend == "transformer_lens" and not merge_adapter:
+        raise ValueError(
+            "the TransformerLens bridge needs a merged adapter; use merge_adapter=True or nnsight"
+        )
+
+    if isinstance(source, str | Path):
+        path = Path(source).expanduser()
+        _check_checkpoint_dir(path)
+        if adapter is not None:  # validate the adapter dir before loading big weights
+            a = Path(adapter).expanduser()
+            if not (a / "adapter_config.json").is_file():
+                check_adapter(a, torch.nn.Module())
+        model, tok = _load_hf(path, torch_dtype, device_map)
+        base_name, ckpt_hash = str(path), content_hash(path)
+    else:
+        if tokenizer is None:
+            raise ValueError("an in-memory model needs tokenizer=...")
+        model, tok = source, tokenizer
+        model = model.to(torch_dtype)
+        base_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+        ckpt_hash = _hash_state(base_module(model))
+    tok = tokenizer if tokenizer is not None else tok
+    arch = arch_for(base_module(model).config)
+    if device_map is None:
+        model = model.to(device)
+
+    adapter_str, h = None, ckpt_hash
+    if adapter is not None:
+        from peft import PeftModel
+
+        a = Path(adapter).expanduser()
+        check_adapter(a, base_module(model))
+        peft_model = PeftModel.from_pretrained(model, str(a)).eval()
+        model = peft_model.merge_and_unload() if merge_adapter else peft_model
+        adapter_str = str(a)
+        h = hashlib.sha256((ckpt_hash + content_hash(a)).encode()).hexdigest()[:16]
+    model.eval()
+
+    if backend == "transformer_lens":
+        be = TransformerLensBackend.build(model, tok, arch, base_name)
+    else:
+        be = NNsightBackend.build(model, tok, arch, **engine_kwargs)
+    prov = Provenance(
+        base=base_name,
+        checkpoint=base_name if isinstance(source, str | Path) else None,
+        adapter=adapter_str,
+        content_hash=h,
+        backend=backend,
+        dtype=str(torch_dtype).replace("torch.", ""),
+        arch=arch.name,
+        adapter_merged=None if adapter is None else merge_adapter,
+    )
+    return HookedModel(be, tok, prov)
+
+
+# ------------------------------------------------------------------ weights
+def live_weights(hf_model: nn.Module, merged: bool = False) -> dict[str, Tensor]:
+    """Parameters keyed as in the base checkpoint's state dict (see ``HookedModel.named_weights``)."""
+    from deltalens.hooks.backend import base_module
+
+    inner = base_module(hf_model)
+    if inner is hf_model:
+        return dict(inner.named_parameters())
+    if not merged:
+        raise ValueError(
+            "this model has a live (unmerged) LoRA adapter; in-place weight edits need merged weights: "
+            "load it with merge_adapter=True"
+        )
+    out: dict[str, Tensor] = {}
+    lora_deltas: dict[str, Tensor] = {}
+    for name, mod in inner.named_modules():
+        if hasattr(mod, "get_delta_weight") and hasattr(mod, "base_layer"):
+            d = sum(mod.get_delta_weight(a) for a in mod.active_adapters if a in mod.lora_A)
+            lora_deltas[name + ".weight"] = d
+    for name, p in inner.named_parameters():
+        if "lora_" in name:
+            continue
+        key = name.replace(".base_layer.", ".")
+        out[key] = p.detach() + lora_deltas[key] if key in lora_deltas else p
+    return out

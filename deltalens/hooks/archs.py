@@ -1,0 +1,95 @@
+"""Per-architecture maps from the hook vocabulary to Hugging Face module paths (data, not code).
+
+Each :class:`ArchSpec` says where a hook name lives in a ``*ForCausalLM`` module tree:
+``(module path, "input" | "output", tuple index or None)``; ``{L}`` is the block index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Site = tuple[str, str, int | None]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Where each hook of the vocabulary lives in one architecture's module tree."""
+
+    name: str
+    layers: str
+    sites: dict[str, Site] = field(default_factory=dict)
+    lora_targets: tuple[str, ...] = ()
+
+    def site(self, hook: str) -> Site:
+        """The site of a hook name such as ``blocks.3.hook_resid_post``."""
+        if hook.startswith("blocks."):
+            _, layer, rest = hook.split(".", 2)
+            path, where, idx = self.sites[rest]
+            return path.replace("{L}", layer), where, idx
+        return self.sites[hook]
+
+
+def _decoder(name: str, gemma: bool = False) -> ArchSpec:
+    layer = "model.layers.{L}"
+    sites: dict[str, Site] = {
+        "hook_embed": ("model.embed_tokens", "output", None),
+        "hook_resid_pre": (layer, "input", None),
+        "attn.hook_pattern": (f"{layer}.self_attn", "output", 1),
+        "hook_attn_out": (f"{layer}.self_attn", "output", 0),
+        "hook_resid_mid": (f"{layer}.post_attention_layernorm", "input", None),
+        "hook_mlp_out": (f"{layer}.mlp", "output", None),
+        "hook_resid_post": (layer, "output", None),
+        "ln_final.hook_normalized": ("model.norm", "output", None),
+    }
+    if gemma:  # Gemma 3 normalises each sublayer's output before adding it to the residual
+        sites["hook_attn_out"] = (f"{layer}.post_attention_layernorm", "output", None)
+        sites["hook_resid_mid"] = (f"{layer}.pre_feedforward_layernorm", "input", None)
+        sites["hook_mlp_out"] = (f"{layer}.post_feedforward_layernorm", "output", None)
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    return ArchSpec(name=name, layers="model.layers", sites=sites, lora_targets=targets)
+
+
+GPT2 = ArchSpec(
+    name="gpt2",
+    layers="transformer.h",
+    sites={
+        "hook_embed": ("transformer.wte", "output", None),
+        "hook_resid_pre": ("transformer.h.{L}", "input", None),
+        "attn.hook_pattern": ("transformer.h.{L}.attn", "output", 1),
+        "hook_attn_out": ("transformer.h.{L}.attn", "output", 0),
+        "hook_resid_mid": ("transformer.h.{L}.ln_2", "input", None),
+        "hook_mlp_out": ("transformer.h.{L}.mlp", "output", None),
+        "hook_resid_post": ("transformer.h.{L}", "output", None),
+        "ln_final.hook_normalized": ("transformer.ln_f", "output", None),
+    },
+    lora_targets=("c_attn", "c_proj", "c_fc"),
+)
+
+ARCHS: dict[str, ArchSpec] = {
+    "gpt2": GPT2,
+    "llama": _decoder("llama"),
+    "mistral": _decoder("mistral"),
+    "qwen2": _decoder("qwen2"),
+    "qwen3": _decoder("qwen3"),
+    "gemma3_text": _decoder("gemma3_text", gemma=True),
+}
+"""Supported ``config.model_type`` values."""
+
+
+def arch_for(config) -> ArchSpec:
+    """The :class:`ArchSpec` of a HF config.
+
+    Raises:
+        ValueError: the architecture is not supported (the message lists the supported ones).
+    """
+    model_type = getattr(config, "model_type", None)
+    if model_type == "gemma3" and hasattr(config, "text_config"):
+        model_type = "gemma3_text"
+    if model_type not in ARCHS:
+        raise ValueError(
+            f"unsupported architecture {model_type!r} ({getattr(config, 'architectures', None)}); "
+            f"deltalens supports model_type in {sorted(ARCHS)} "
+            "(GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "
+            "Gemma3ForCausalLM)"
+        )
+    return ARCHS[model_type]

@@ -1,0 +1,195 @@
+"""The two hook backends behind :class:`~deltalens.hooks.model.HookedModel`.
+
+Both take a batch, the hook names to capture (in execution order), the active edit functions
+and a ``reduce`` callback (position selection, dtype, device) applied the moment an activation
+is captured, so full-sequence tensors are never kept longer than needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from deltalens.hooks.archs import ArchSpec
+
+if TYPE_CHECKING:
+    from deltalens.hooks.model import Batch, HookFn
+
+Reduce = Callable[[str, Tensor], Tensor]
+
+
+def base_module(hf_model: nn.Module) -> nn.Module:
+    """The plain ``*ForCausalLM`` inside a peft wrapper (or the model itself)."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return hf_model
+    if isinstance(hf_model, PeftModel):
+        return hf_model.base_model.model
+    return hf_model
+
+
+@contextlib.contextmanager
+def attn_implementation(hf_model: nn.Module, impl: str | None) -> Iterator[None]:
+    """Temporarily switch the attention kernel (e.g. to ``eager`` for attention patterns)."""
+    cfg = base_module(hf_model).config
+    configs = [cfg] + [getattr(cfg, k) for k in ("text_config",) if hasattr(cfg, k)]
+    old = [c._attn_implementation for c in configs]
+    if impl is None or all(o == impl for o in old):
+        yield
+        return
+    try:
+        for c in configs:
+            c._attn_implementation = impl
+        yield
+    finally:
+        for c, o in zip(configs, old):
+            c._attn_implementation = o
+
+
+def _apply(fns: list[HookFn], x: Tensor) -> Tensor:
+    for fn in fns:
+        y = fn(x)
+        if y is not None:
+            if not isinstance(y, Tensor) or y.shape != x.shape:
+                raise ValueError(
+                    f"a hook function must return None or a tensor of shape {tuple(x.shape)}, "
+                    f"got {getattr(y, 'shape', type(y).__name__)}"
+                )
+            x = y
+    return x
+
+
+class Backend:
+    """Common state of a backend: the HF module, its config, arch spec, layer count."""
+
+    name = "base"
+    kv_cache_ok = True
+
+    def __init__(self, hf_model: nn.Module, arch: ArchSpec, engine: Any, params: dict | None = None) -> None:
+        self.hf_model = hf_model
+        self.params = params  # parameter names as in the checkpoint, when the engine renames modules
+        self.arch = arch
+        self.engine = engine
+        cfg = base_module(hf_model).config
+        self.base_config = getattr(cfg, "text_config", None) or cfg
+        self.n_layers = int(getattr(self.base_config, "num_hidden_layers", None) or self.base_config.n_layer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    def forward(
+        self, batch: Batch, capture: list[str], edits: dict[str, list[HookFn]], reduce: Reduce
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+
+class TransformerLensBackend(Backend):
+    """TransformerLens 4.x ``TransformerBridge``: hooks are the bridge's own ``HookPoint``s."""
+
+    name = "transformer_lens"
+    kv_cache_ok = False
+
+    @classmethod
+    def build(cls, hf_model: nn.Module, tokenizer: Any, arch: ArchSpec, name: str) -> TransformerLensBackend:
+        from transformer_lens import TransformerBridge
+
+        # The bridge re-creates a tokenizer from ``name_or_path``; deltalens tokenises itself, so
+        # hand it a shallow copy that needs no reload.
+        tok = copy.copy(tokenizer)
+        tok.init_kwargs = {**tokenizer.init_kwargs, "name_or_path": name, "add_bos_token": True}
+        cfg = hf_model.config
+        # The bridge wraps HF modules in place (names gain ``_original_component``); keep the
+        # checkpoint's parameter names, pointing at the same live tensors.
+        params = dict(hf_model.named_parameters())
+        if not getattr(cfg, "architectures", None):
+            cfg.architectures = [type(hf_model).__name__]
+        bridge = TransformerBridge.boot_transformers(
+            name, hf_model=hf_model, tokenizer=tok, device=str(next(hf_model.parameters()).device)
+        )
+        return cls(hf_model, arch, bridge, params=params)
+
+    def forward(self, batch, capture, edits, reduce):
+        acts: dict[str, Tensor] = {}
+        hooks: list[tuple[str, Callable]] = []
+        for name, fns in edits.items():
+            hooks.append((name, lambda x, hook, fns=fns: _apply(fns, x)))
+        for name in capture:
+            hooks.append((name, lambda x, hook, n=name: acts.__setitem__(n, reduce(n, x))))
+        logits = self.engine.run_with_hooks(
+            batch.input_ids,
+            fwd_hooks=hooks,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+        )
+        return logits, acts
+
+
+class NNsightBackend(Backend):
+    """nnsight 0.8 ``TransformersModel``: hooks map to module inputs / outputs per architecture."""
+
+    name = "nnsight"
+
+    @classmethod
+    def build(cls, hf_model: nn.Module, tokenizer: Any, arch: ArchSpec, **kw: Any) -> NNsightBackend:
+        from nnsight import TransformersModel
+
+        # nnsight sets padding_side on the tokenizer it is given; keep the user's untouched.
+        lm = TransformersModel(hf_model, tokenizer=copy.copy(tokenizer), task="text-generation", **kw)
+        return cls(hf_model, arch, lm)
+
+    def _envoy(self, path: str) -> Any:
+        env = self.engine
+        if base_module(self.hf_model) is not self.hf_model:
+            path = "base_model.model." + path
+        for part in path.split("."):
+            env = env[int(part)] if part.isdigit() else getattr(env, part)
+        return env
+
+    def forward(self, batch, capture, edits, reduce):
+        from deltalens.hooks.names import execution_order
+
+        for name in edits:
+            if name.endswith("hook_pattern"):
+                raise NotImplementedError(
+                    "editing attn.hook_pattern is not supported on the nnsight backend "
+                    "(the pattern is an output of attention, not an input to it); use backend='transformer_lens'"
+                )
+        wanted = execution_order(set(capture) | set(edits), self.n_layers)
+        need_eager = any(n.endswith("hook_pattern") for n in capture)
+        acts: dict[str, Tensor] = {}
+        saved: dict[str, Any] = {}
+        with attn_implementation(self.hf_model, "eager" if need_eager else None):
+            with self.engine.trace(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+            ):
+                for name in wanted:
+                    path, where, idx = self.arch.site(name)
+                    env = self._envoy(path)
+                    if where == "input":
+                        val = env.input
+                        if name in edits:
+                            env.input = _apply(edits[name], val)
+                            val = env.input
+                    else:
+                        out = env.output
+                        tup = isinstance(out, tuple)
+                        val = out[idx if idx is not None else 0] if tup else out
+                        if name in edits:
+                            new = _apply(edits[name], val)
+                            env.output = (new, *out[1:]) if tup else new
+                            val = new
+                    if name in capture:
+                        saved[name] = reduce(name, val).save()
+                logits = self.engine.output.logits.save()
+        for name in capture:
+            acts[name] = saved[name]
+        return logits, acts

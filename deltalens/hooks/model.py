@@ -1,0 +1,399 @@
+"""HookedModel: one loaded checkpoint on one backend, behind one hook vocabulary."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from deltalens.hooks.cache import ActivationCache
+from deltalens.hooks.names import NamesArg, all_hook_names, execution_order, resolve_names
+
+if TYPE_CHECKING:
+    from deltalens.checkpoints import Provenance
+    from deltalens.hooks.backend import Backend
+
+HookFn = Callable[[Tensor], Tensor | None]
+Positions = None | Literal["last"] | int | slice
+Inputs = str | Sequence[str] | Tensor | Sequence[Sequence[int]]
+
+
+@dataclass
+class Batch:
+    """Token ids ready for a forward pass.
+
+    ``position_ids`` are derived from the attention mask (``cumsum - 1``), so a padded row gets
+    the same positions it would get unpadded, whatever the padding side.
+    """
+
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    position_ids: Int[Tensor, "batch pos"]
+
+    @property
+    def last_index(self) -> Int[Tensor, " batch"]:
+        """Index of the last real (non-padding) token of each row."""
+        t = self.attention_mask.shape[1]
+        return t - 1 - self.attention_mask.flip(-1).long().argmax(-1)
+
+
+class HookHandle:
+    """Returned by :meth:`HookedModel.add_hooks`; ``.remove()`` takes the hooks off again."""
+
+    def __init__(self, model: HookedModel, key: int, names: list[str]) -> None:
+        self._model, self._key, self.names = model, key, names
+
+    def remove(self) -> None:
+        self._model._active.pop(self._key, None)
+
+    def __repr__(self) -> str:
+        live = self._key in self._model._active
+        return f"HookHandle({self.names}, {'active' if live else 'removed'})"
+
+
+def select_positions(x: Tensor, positions: Positions, batch: Batch) -> Tensor:
+    """Cut ``[batch, pos, ...]`` down to the requested positions (patterns keep all)."""
+    if positions is None:
+        return x
+    if positions == "last":
+        idx = batch.last_index.to(x.device)
+        return x[torch.arange(x.shape[0], device=x.device), idx]
+    if isinstance(positions, int | slice):
+        return x[:, positions]
+    raise ValueError(f"positions must be None, 'last', an int or a slice; got {positions!r}")
+
+
+class HookedModel:
+    """A causal LM on a hook backend (TransformerLens bridge or nnsight), one vocabulary.
+
+    Build it with :func:`deltalens.load`. The wrapped Hugging Face module is ``hf_model``; its
+    parameters are the live weights, so an in-place weight edit is seen by every later forward.
+
+    Example:
+        >>> m = dl.load("ckpt/", backend="nnsight")
+        >>> cache = m.run_with_cache(["Hello", "Hi there"], positions="last")
+        >>> cache["blocks.0.hook_resid_post"].shape     # [batch, d_model]
+        >>> with m.hooks({"blocks.0.hook_resid_post": lambda x: x * 0}):
+        ...     m.logits("Hello")
+    """
+
+    def __init__(self, backend: Backend, tokenizer: Any, provenance: Provenance) -> None:
+        self._backend = backend
+        self.tokenizer = tokenizer
+        self.provenance = provenance
+        self.hf_model = backend.hf_model
+        cfg = backend.base_config
+        self.n_layers: int = backend.n_layers
+        self.d_model: int = getattr(cfg, "hidden_size", None) or cfg.n_embd
+        self.n_heads: int = getattr(cfg, "num_attention_heads", None) or cfg.n_head
+        self.hook_names: list[str] = all_hook_names(self.n_layers)
+        self._active: dict[int, dict[str, HookFn]] = {}
+        self._next_key = 0
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    # ---------------------------------------------------------------- basics
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    @property
+    def engine(self) -> Any:
+        """The backend object itself (a ``TransformerBridge`` or an nnsight ``TransformersModel``)."""
+        return self._backend.engine
+
+    def __repr__(self) -> str:
+        p = self.provenance
+        return (
+            f"HookedModel(arch={p.arch}, backend={self.backend}, n_layers={self.n_layers}, "
+            f"d_model={self.d_model}, dtype={p.dtype}, checkpoint={p.checkpoint or p.base!r}"
+            + (f", adapter={p.adapter!r}" if p.adapter else "")
+            + ")"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{k}</td><td><code>{v}</code></td></tr>" for k, v in self.provenance.to_dict().items()
+        )
+        return (
+            f"<div><b>HookedModel</b> — {self.n_layers} layers, d_model {self.d_model}, "
+            f"{len(self.hook_names)} hook points<table>{rows}</table></div>"
+        )
+
+    def tokenize(
+        self, inputs: Inputs, attention_mask: Tensor | None = None, padding_side: str | None = None
+    ) -> Batch:
+        """Turn strings or token ids into a padded :class:`Batch`.
+
+        Args:
+            inputs: a string, a list of strings, a ``[batch, pos]`` LongTensor, or lists of ids.
+            attention_mask: with tensor inputs, ``[batch, pos]`` (default: all ones).
+            padding_side: ``"left"`` / ``"right"`` (default: the tokenizer's).
+        """
+        if isinstance(inputs, Tensor):
+            ids = inputs if inputs.ndim == 2 else inputs[None]
+            mask = attention_mask if attention_mask is not None else torch.ones_like(ids)
+        elif isinstance(inputs, str) or (
+            isinstance(inputs, Sequence) and len(inputs) > 0 and isinstance(inputs[0], str)
+        ):
+            texts = [inputs] if isinstance(inputs, str) else list(inputs)
+            old = self.tokenizer.padding_side
+            try:
+                if padding_side:
+                    self.tokenizer.padding_side = padding_side
+                enc = self.tokenizer(texts, padding=True, return_tensors="pt")
+            finally:
+                self.tokenizer.padding_side = old
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+        elif isinstance(inputs, Sequence) and len(inputs) > 0:
+            rows = [list(map(int, r)) for r in inputs]
+            t = max(len(r) for r in rows)
+            side = padding_side or self.tokenizer.padding_side
+            pad = self.tokenizer.pad_token_id
+            ids = torch.full((len(rows), t), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), t), dtype=torch.long)
+            for i, r in enumerate(rows):
+                sl = slice(t - len(r), t) if side == "left" else slice(0, len(r))
+                ids[i, sl] = torch.tensor(r)
+                mask[i, sl] = 1
+        else:
+            raise TypeError(
+                f"inputs must be text, a list of texts, or token ids; got {type(inputs).__name__}"
+            )
+        if ids.shape[1] == 0:
+            raise ValueError("empty input: no tokens to run")
+        mask = mask.long()
+        if (mask.sum(-1) == 0).any():
+            raise ValueError("a row of the batch has no real token (its attention mask is all zeros)")
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        return Batch(
+            ids.to(self._backend.device), mask.to(self._backend.device), pos.to(self._backend.device)
+        )
+
+    # ---------------------------------------------------------------- hooks
+    def _check_names(self, names: Sequence[str]) -> list[str]:
+        return resolve_names(list(names), self.hook_names)
+
+    def add_hooks(self, fns: dict[str, HookFn]) -> HookHandle:
+        """Attach hooks until ``handle.remove()``; ``fn(act) -> act | None`` (None keeps ``act``).
+
+        Names may be globs (``blocks.*.hook_resid_post``); the same ``fn`` goes on every match.
+        """
+        expanded: dict[str, HookFn] = {}
+        for pat, fn in fns.items():
+            if not callable(fn):
+                raise TypeError(f"hook for {pat!r} is not callable")
+            for n in resolve_names(pat, self.hook_names):
+                expanded[n] = fn
+        key = self._next_key
+        self._next_key += 1
+        self._active[key] = expanded
+        return HookHandle(self, key, list(expanded))
+
+    @contextlib.contextmanager
+    def hooks(self, fns: dict[str, HookFn]) -> Iterator[HookHandle]:
+        """Context manager: hooks are active inside the block and removed in ``finally``."""
+        handle = self.add_hooks(fns)
+        try:
+            yield handle
+        finally:
+            handle.remove()
+
+    def reset_hooks(self) -> None:
+        """Remove every hook added with :meth:`add_hooks`."""
+        self._active.clear()
+
+    def _edits(self) -> dict[str, list[HookFn]]:
+        edits: dict[str, list[HookFn]] = {}
+        for group in self._active.values():
+            for name, fn in group.items():
+                edits.setdefault(name, []).append(fn)
+        return edits
+
+    # ---------------------------------------------------------------- forward passes
+    def _forward(
+        self, batch: Batch, capture: Sequence[str], reduce: Callable[[str, Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        capture = execution_order(capture, self.n_layers)
+        edits = self._edits()
+        with torch.inference_mode():
+            return self._backend.forward(batch, capture, edits, reduce or (lambda n, x: x))
+
+    def logits(
+        self, inputs: Inputs, attention_mask: Tensor | None = None
+    ) -> Float[Tensor, "batch pos vocab"]:
+        """Logits ``[batch, pos, vocab]`` with the active hooks applied."""
+        batch = self.tokenize(inputs, attention_mask)
+        logits, _ = self._forward(batch, [])
+        return logits
+
+    def run_with_cache(
+        self,
+        inputs: Inputs,
+        names: NamesArg = "blocks.*.hook_resid_post",
+        positions: Positions = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+        attention_mask: Tensor | None = None,
+        return_logits: bool = False,
+    ) -> ActivationCache | tuple[Tensor, ActivationCache]:
+        """Run a forward pass and cache the selected activations.
+
+        Args:
+            inputs: strings or token ids (batched with padding).
+            names: exact name, glob, list, or predicate; default every ``hook_resid_post``.
+            positions: ``None`` (all, ``[batch, pos, d]``), ``"last"`` (last *real* token from the
+                attention mask, ``[batch, d]``), an int or a slice. ``attn.hook_pattern`` entries
+                always keep every position (``[batch, head, q, k]``).
+            dtype: cast cached tensors (e.g. ``torch.float16``); default keeps the model's.
+            device: where cached tensors go (default CPU, detached).
+
+        Returns:
+            An :class:`ActivationCache` (or ``(logits, cache)`` with ``return_logits=True``).
+
+        Raises:
+            KeyError: an unknown hook name (the message lists the closest valid ones).
+        """
+        chosen = resolve_names(names, self.hook_names)
+        batch = self.tokenize(inputs, attention_mask)
+
+        def reduce(name: str, x: Tensor) -> Tensor:
+            if not name.endswith("hook_pattern"):
+                x = select_positions(x, positions, batch)
+            x = x.detach().to(device=device)
+            if dtype is not None and x.is_floating_point():
+                x = x.to(dtype)
+            return x.clone()
+
+        logits, acts = self._forward(batch, chosen, reduce)
+        cache = ActivationCache(
+            {n: acts[n] for n in chosen},
+            input_ids=batch.input_ids.cpu(),
+            attention_mask=batch.attention_mask.cpu(),
+            positions=positions,
+            meta={"provenance": self.provenance.to_dict()},
+        )
+        return (logits, cache) if return_logits else cache
+
+    # ---------------------------------------------------------------- generation
+    def format_prompts(
+        self, prompts: Sequence[str], chat: bool = False, template: str | None = None
+    ) -> list[str]:
+        """Apply a ``{prompt}`` template or the tokenizer's chat template to raw prompts."""
+        if template is not None:
+            if "{prompt}" not in template:
+                raise ValueError(
+                    "template must contain a '{prompt}' slot, e.g. 'User: {prompt}\\nAssistant:'"
+                )
+            return [template.replace("{prompt}", p) for p in prompts]
+        if chat:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError(
+                    "chat=True but this tokenizer has no chat template; pass template='...{prompt}...'"
+                )
+            return [
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+                )
+                for p in prompts
+            ]
+        return list(prompts)
+
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        max_new_tokens: int = 32,
+        chat: bool = False,
+        template: str | None = None,
+        batch_size: int = 16,
+        progress: bool = False,
+        **generate_kwargs: Any,
+    ) -> list[str]:
+        """Greedy generation; returns only the new text of each prompt.
+
+        Without active activation hooks this runs Hugging Face ``generate`` on the wrapped module
+        (which sees any in-place weight edit; with a KV cache on nnsight, without one on the
+        TransformerLens bridge, whose cached decoding is not exact). With hooks active it runs a greedy
+        loop through the backend so the hooks apply at every step.
+        """
+        single = isinstance(prompts, str)
+        texts = self.format_prompts([prompts] if single else list(prompts), chat=chat, template=template)
+        add_special = not chat  # a rendered chat template already carries its special tokens
+        out: list[str] = []
+        starts = range(0, len(texts), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="generate", unit="batch")
+        for s in starts:
+            chunk = texts[s : s + batch_size]
+            old = self.tokenizer.padding_side
+            self.tokenizer.padding_side = "left"
+            try:
+                enc = self.tokenizer(chunk, padding=True, return_tensors="pt", add_special_tokens=add_special)
+            finally:
+                self.tokenizer.padding_side = old
+            batch = self.tokenize(enc["input_ids"], enc["attention_mask"])
+            new = self._generate_batch(batch, max_new_tokens, **generate_kwargs)
+            out += self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return out
+
+    def _generate_batch(self, batch: Batch, max_new_tokens: int, **kw: Any) -> Tensor:
+        eos = self.tokenizer.eos_token_id
+        if not self._active:
+            with torch.inference_mode():
+                gen = self.hf_model.generate(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=kw.pop("do_sample", False),
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=eos,
+                    # The TransformerLens bridge replaces the HF blocks in place; their KV-cache path
+                    # gives wrong tokens (checked against an untouched model), so decode without it.
+                    use_cache=self._backend.kv_cache_ok,
+                    **kw,
+                )
+            return gen[:, batch.input_ids.shape[1] :]
+        ids, mask = batch.input_ids, batch.attention_mask
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        new = []
+        for _ in range(max_new_tokens):
+            b = Batch(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+            logits, _ = self._forward(b, [])
+            nxt = logits[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, self.tokenizer.pad_token_id), nxt)
+            new.append(nxt)
+            done |= nxt == eos
+            ids = torch.cat([ids, nxt[:, None]], 1)
+            mask = torch.cat([mask, (~done | (nxt == eos)).long()[:, None]], 1)
+            if done.all():
+                break
+        return torch.stack(new, 1)
+
+    # ---------------------------------------------------------------- weights
+    def state_dict(self) -> dict[str, Tensor]:
+        """Unprocessed Hugging Face weights (LoRA merged), keys as in the base checkpoint.
+
+        This is what weight deltas are computed from; TransformerLens-processed weights
+        (folded LayerNorm etc.) are never used. Prefer it to ``hf_model.state_dict()``: the
+        TransformerLens bridge renames the wrapped modules.
+        """
+        return {k: v.detach() for k, v in self.named_weights(merged=True).items()}
+
+    def named_weights(self, merged: bool = False) -> dict[str, Any]:
+        """Live parameters keyed like :meth:`state_dict`, for reversible in-place edits.
+
+        With a live (unmerged) LoRA adapter, ``merged=True`` returns merged copies instead;
+        editing live weights under an unmerged adapter raises.
+        """
+        from deltalens.checkpoints import live_weights
+
+        if self._backend.params is not None:
+            return dict(self._backend.params)
+        return live_weights(self.hf_model, merged=merged)

@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny checkpoints built in code, offline settings, fixed seeds."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY_ARCHS = ("gpt2", "llama", "qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, object]:
+    """Tiny random GPT-2 / Llama / Qwen2 / Gemma 3 checkpoints saved as HF directories."""
+    from deltalens.testing import tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {a: tiny_checkpoint(a, root / a) for a in (*TINY_ARCHS, "gemma3")}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
