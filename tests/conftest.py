@@ -28,3 +28,11 @@ def tiny_dirs(tmp_path_factory) -> dict[str, object]:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def organism_family(tmp_path_factory):
+    """The built-in model organism family, built once per test session (about 2–3 CPU-minutes)."""
+    from deltalens.finetune import organism
+
+    return organism.build(tmp_path_factory.mktemp("organism"), seed=0, progress=False)

@@ -1,0 +1,439 @@
+"""The probe battery: the paper's four experiments plus probes, resumable unit by unit."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deltalens.battery.config import STAGES, BatteryConfig, ConfigError, default_cache
+from deltalens.battery.units import UnitStore, atomic_write_bytes
+
+
+@dataclass
+class Family:
+    """Resolved checkpoint paths plus the prompt sets used to evaluate and probe them."""
+
+    paths: dict[str, str]
+    hashes: dict[str, str]
+    harmful: list[str]
+    harmless: list[str]
+    arithmetic: list[tuple[str, str]]
+    template: str | None
+    groups_harmful: list[str] = field(default_factory=list)
+    groups_harmless: list[str] = field(default_factory=list)
+    organism: Any = None
+    chat: bool = False
+
+
+# ---------------------------------------------------------------- family
+def _organism_family(cfg: BatteryConfig, progress: bool) -> Family:
+    from deltalens.finetune import organism
+
+    root = Path(cfg.family.organism_dir or default_cache() / f"organism-seed{cfg.organism_seed}")
+    fam = organism.build(root, seed=cfg.organism_seed, progress=progress)
+    held = fam.heldout
+    return Family(
+        paths={s: str(fam.paths[s]) for s in STAGES},
+        hashes={},
+        harmful=list(held.harmful),
+        harmless=list(held.harmless),
+        arithmetic=list(held.arithmetic),
+        template=fam.generation_template,
+        groups_harmful=[t for _, t in held.harmful_pairs] or list(held.harmful),
+        groups_harmless=[t for _, t in held.benign_pairs] + list(held.harmless[len(held.benign_pairs) :]),
+        organism=fam,
+    )
+
+
+def _custom_family(cfg: BatteryConfig) -> Family:
+    from deltalens.data import arithmetic_tasks, harmbench, harmless_prompts
+
+    harm = harmbench()
+    _, arith = arithmetic_tasks()
+    return Family(
+        paths={s: str(Path(p).expanduser()) for s, p in cfg.family.paths().items()},
+        hashes={},
+        harmful=list(harm.texts),
+        harmless=list(harmless_prompts().texts),
+        arithmetic=[(t, str(a)) for t, a in zip(arith.texts, arith.labels)],
+        template=None,
+    )
+
+
+def _smollm2_family(cfg: BatteryConfig) -> Family:
+    from deltalens.alignment import SmolLM2Recipe, _splits, build_smollm2_family
+
+    recipe = SmolLM2Recipe(seed=cfg.seed)
+    root = Path(cfg.family.organism_dir or default_cache() / f"smollm2-family-seed{cfg.seed}")
+    fam = build_smollm2_family(root, recipe=recipe, evaluate=False)
+    sets = _splits(recipe)
+    names = {
+        "w0": "base",
+        "wa": "aligned",
+        "useful": "useful",
+        "harmful": "harmful",
+        "contaminated": "contaminated",
+    }
+    return Family(
+        paths={s: str(fam.paths[n]) for s, n in names.items()},
+        hashes={},
+        harmful=list(sets["harm_test"].texts),
+        harmless=list(sets["hl_test"].texts),
+        arithmetic=[(r.text, str(r.label)) for r in sets["ar_test"]],
+        template=None,
+        chat=True,
+    )
+
+
+def validate_family(cfg: BatteryConfig) -> None:
+    """Fail before any work if a fine-tune's recorded parent is not the family's W_A."""
+    if cfg.preset != "custom" or not cfg.family.check_parents:
+        return
+    from deltalens.finetune.storage import content_hash
+
+    wa_hash = None
+    for stage in ("useful", "harmful", "contaminated"):
+        rec = Path(cfg.family.paths()[stage]).expanduser() / "cfg.json"
+        if not rec.is_file():
+            continue
+        parent = json.loads(rec.read_text()).get("parent", {}).get("content_hash")
+        if parent is None:
+            continue
+        if wa_hash is None:
+            from transformers import AutoModelForCausalLM
+
+            wa_hash = content_hash(AutoModelForCausalLM.from_pretrained(cfg.family.wa))
+        if parent != wa_hash:
+            raise ConfigError(
+                f"family.{stage}: {cfg.family.paths()[stage]} was fine-tuned from a model whose hash is "
+                f"{parent[:12]}, not the family's aligned model family.wa ({wa_hash[:12]})"
+            )
+
+
+# ---------------------------------------------------------------- runner
+class Battery:
+    """Run the battery described by a :class:`BatteryConfig` into ``out_dir``.
+
+    Every unit (an evaluation, a sweep point, an overlap table) is keyed by a hash of its inputs
+    and written atomically; a rerun after an interruption recomputes nothing finished.
+
+    Example:
+        >>> Battery(BatteryConfig(preset="organism"), "results/").run()
+    """
+
+    def __init__(self, cfg: BatteryConfig, out_dir: str | Path, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.progress = progress
+        self.units = UnitStore(self.out / "units")
+        self._models: dict[str, Any] = {}
+        self._deltas: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+
+    # -------------------------------------------------------------- helpers
+    def _say(self, msg: str) -> None:
+        if self.progress:
+            print(f"[deltalens] {msg}", flush=True)
+
+    def model(self, stage: str) -> Any:
+        import deltalens as dl
+
+        if stage not in self._models:
+            self._models[stage] = dl.load(
+                self.family.paths[stage], backend=self.cfg.family.backend, dtype=self.cfg.family.dtype
+            )
+        return self._models[stage]
+
+    def delta(self, name: str) -> Any:
+        from deltalens.interventions import weight_delta
+
+        pairs = {
+            "alignment": ("w0", "wa"),
+            "useful": ("wa", "useful"),
+            "harmful": ("wa", "harmful"),
+            "contaminated": ("wa", "contaminated"),
+        }
+        if name not in self._deltas:
+            a, b = pairs[name]
+            self._deltas[name] = weight_delta(self.model(a), self.model(b))
+        return self._deltas[name]
+
+    def _key(self, **extra: Any) -> dict[str, Any]:
+        return {"family": self.family.hashes, "seed": self.cfg.seed, **extra}
+
+    def _eval_sets(self) -> Any:
+        c, f = self.cfg, self.family
+        return f.harmful[: c.n_harmful], f.harmless[: c.n_harmless], f.arithmetic[: c.n_arithmetic]
+
+    def evaluate(self, model: Any, harmless_too: bool = False) -> dict[str, float]:
+        """Harm (compliance / refusal on held-out harmful prompts) and utility (arithmetic EM).
+
+        ``harmless_too`` adds the over-refusal rate on harmless prompts (the reference evaluations;
+        sweep points skip it to save generation time on real models).
+        """
+        harmful, harmless, arith = self._eval_sets()
+        if self.family.organism is not None:
+            from deltalens.finetune.organism_data import PromptSets
+            from deltalens.finetune.organism_eval import evaluate
+
+            sets = PromptSets(
+                harmful=harmful, harmless=harmless, harmless_kinds=["other"] * len(harmless), arithmetic=arith
+            )
+            r = evaluate(model.hf_model, model.tokenizer, sets)
+            return {
+                "harm": r["comply_harmful"],
+                "refusal_harmful": r["refusal_harmful"],
+                "refusal_harmless": r["refusal_harmless"],
+                "utility": r["arithmetic_em"],
+            }
+        from deltalens.data import PromptRecord, PromptSet
+        from deltalens.evals import harmfulness, utility
+
+        h = harmfulness(model, harmful)
+        hl = harmfulness(model, harmless)
+        tasks = PromptSet([PromptRecord(text=p, label=a, source="arithmetic") for p, a in arith])
+        u = utility(model, tasks)
+        return {
+            "harm": h.compliance_rate,
+            "refusal_harmful": h.refusal_rate,
+            "refusal_harmless": hl.refusal_rate,
+            "utility": u.accuracy,
+        }
+
+    # -------------------------------------------------------------- experiments
+    def run_evals(self) -> Any:
+        import pandas as pd
+
+        rows = []
+        for stage in STAGES:
+            r = self.units.get(
+                f"eval-{stage}",
+                self._key(exp="eval", stage=stage, n=self._eval_sets()),
+                lambda s=stage: self.evaluate(self.model(s)),
+            )
+            rows.append({"stage": stage, **r})
+        return pd.DataFrame(rows)
+
+    def _modules(self) -> Any:
+        if self.cfg.include_embeddings:
+            return None
+        from deltalens.interventions.modules import ModuleFilter
+
+        return ModuleFilter(embeddings=False, unembedding=False)
+
+    def run_sweep(self, task: str, mode: str) -> Any:
+        import pandas as pd
+        from tqdm.auto import tqdm
+
+        from deltalens.interventions import subspace_sweep
+
+        points = [(m, f) for m in self.cfg.methods for f in self.cfg.fracs]
+        frames = []
+        for method, frac in tqdm(points, desc=f"{mode} sweep ({task})", disable=not self.progress):
+            key = self._key(
+                exp="sweep",
+                task=task,
+                mode=mode,
+                method=method,
+                frac=frac,
+                emb=self.cfg.include_embeddings,
+                n=self._eval_sets(),
+            )
+
+            def compute(method=method, frac=frac):
+                return subspace_sweep(
+                    self.model("wa"),
+                    self.delta(task),
+                    self.delta("alignment"),
+                    fracs=[frac],
+                    methods=[method],
+                    modes=[mode],
+                    evaluate=self.evaluate,
+                    seed=self.cfg.seed,
+                    baselines=False,
+                    progress=False,
+                    modules=self._modules(),
+                ).drop(columns=["edit_s", "eval_s"], errors="ignore")
+
+            frames.append(
+                self.units.get(f"sweep-{task}-{mode}-{method}-{frac}", key, compute, kind="parquet")
+            )
+        df = pd.concat(frames, ignore_index=True)
+        df.insert(0, "task", task)
+        return df
+
+    def run_weight_overlap(self) -> Any:
+        from deltalens.probes import weight_overlap_pairs
+
+        names = ("alignment", "useful", "harmful", "contaminated")
+        return self.units.get(
+            "weight-overlap",
+            self._key(exp="weight_overlap", etas=self.cfg.weight_etas),
+            lambda: weight_overlap_pairs(
+                {n: self.delta(n) for n in names}, etas=self.cfg.weight_etas, include_embeddings="both"
+            ),
+            kind="parquet",
+        )
+
+    def _activation_sets(self) -> dict[str, list[str]]:
+        n = self.cfg.n_activation
+        fmt = (
+            (lambda p: self.family.template.replace("{prompt}", p)) if self.family.template else (lambda p: p)
+        )
+        harmful = self.family.harmful
+        half = len(harmful) // 2
+        return {
+            "useful": [fmt(p) for p, _ in self.family.arithmetic[:n]],
+            "harmful_1": [fmt(p) for p in harmful[:half][:n]],
+            "harmful_2": [fmt(p) for p in harmful[half:][:n]],
+            "harmless": [fmt(p) for p in self.family.harmless[:n]],
+        }
+
+    def run_activation_overlap(self) -> Any:
+        from deltalens.probes import activation_overlap
+
+        stages = ("w0", "wa", "useful", "contaminated")
+        return self.units.get(
+            "activation-overlap",
+            self._key(
+                exp="activation_overlap",
+                etas=self.cfg.activation_etas,
+                layers=self.cfg.layers,
+                n=self.cfg.n_activation,
+            ),
+            lambda: activation_overlap(
+                {s: self.model(s) for s in stages},
+                self._activation_sets(),
+                layers=self.cfg.layers,
+                etas=self.cfg.activation_etas,
+                progress=False,
+            ),
+            kind="parquet",
+        )
+
+    def run_probes(self) -> Any:
+        import pandas as pd
+
+        from deltalens.probes import probe_layers
+
+        n = self.cfg.n_activation
+        fmt = (
+            (lambda p: self.family.template.replace("{prompt}", p)) if self.family.template else (lambda p: p)
+        )
+        harmful, harmless = self.family.harmful[:n], self.family.harmless[:n]
+        gh = (self.family.groups_harmful or harmful)[:n]
+        gl = (self.family.groups_harmless or harmless)[:n]
+        prompts = [fmt(p) for p in harmful + harmless]
+        labels = ["harmful"] * len(harmful) + ["harmless"] * len(harmless)
+        groups = [f"h:{g}" for g in gh] + [f"b:{g}" for g in gl]
+
+        def compute() -> Any:
+            frames = []
+            for stage in ("w0", "wa", "harmful"):
+                m = self.model(stage)
+                acts: dict[str, Any] = {}
+                for s in range(0, len(prompts), 32):
+                    c = m.run_with_cache(
+                        prompts[s : s + 32], names="blocks.*.hook_resid_post", positions="last"
+                    )
+                    for k, v in c.items():
+                        acts.setdefault(k, []).append(v)
+                import torch
+
+                acts = {k: torch.cat(v) for k, v in acts.items()}
+                res = probe_layers(acts, labels, groups)
+                df = res.summary().reset_index(drop=True)
+                df.insert(0, "model", stage)
+                frames.append(df)
+            return pd.concat(frames, ignore_index=True)
+
+        return self.units.get("probes", self._key(exp="probes", n=n), compute, kind="parquet")
+
+    # -------------------------------------------------------------- main
+    def run(self) -> dict[str, Any]:
+        """Run every configured experiment; write tables, summary, verdicts and report."""
+        import pandas as pd
+
+        from deltalens.battery.verdict import verdicts
+
+        t0 = time.perf_counter()
+        validate_family(self.cfg)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.cfg.save(self.out / "config.yaml")
+        self._say("resolving the model family")
+        self.family = (
+            _organism_family(self.cfg, self.progress)
+            if self.cfg.preset == "organism"
+            else _custom_family(self.cfg)
+        )
+        from deltalens.checkpoints import content_hash
+
+        self.family.hashes = {s: content_hash(p) for s, p in self.family.paths.items()}
+        self.timings["family"] = time.perf_counter() - t0
+        tables: dict[str, pd.DataFrame] = {}
+        exps = self.cfg.experiments
+        steps = [
+            ("evals", "evals", self.run_evals),
+            (
+                "parallel_sweep",
+                "sweep",
+                lambda: pd.concat(
+                    [self.run_sweep("useful", "parallel"), self.run_sweep("harmful", "parallel")],
+                    ignore_index=True,
+                ),
+            ),
+            ("orth_sweep", "orth_sweep", lambda: self.run_sweep("contaminated", "orth")),
+            ("weight_overlap", "weight_overlap", self.run_weight_overlap),
+            ("activation_overlap", "activation_overlap", self.run_activation_overlap),
+            ("probes", "probes", self.run_probes),
+        ]
+        for exp, name, fn in steps:
+            if exp not in exps:
+                continue
+            self._say(f"{exp} ...")
+            t = time.perf_counter()
+            tables[name] = fn()
+            self.timings[exp] = time.perf_counter() - t
+        if "sweep" in tables and "orth_sweep" in tables:
+            tables["sweep"] = pd.concat([tables["sweep"], tables.pop("orth_sweep")], ignore_index=True)
+        verdict = verdicts(tables)
+        tables["verdicts"] = verdict
+        self._write(tables, time.perf_counter() - t0)
+        return {"tables": tables, "out": self.out}
+
+    def _write(self, tables: dict[str, Any], seconds: float) -> None:
+        import io
+
+        import pandas as pd
+
+        for name, df in tables.items():
+            buf = io.BytesIO()
+            df.to_parquet(buf, index=False)
+            atomic_write_bytes(self.out / f"{name}.parquet", buf.getvalue())
+        long = pd.concat(
+            [df.assign(experiment=n) for n, df in tables.items() if n != "verdicts"], ignore_index=True
+        )
+        buf = io.BytesIO()
+        long.astype({c: "string" for c in long.columns if long[c].dtype == object}).to_parquet(
+            buf, index=False
+        )
+        atomic_write_bytes(self.out / "results.parquet", buf.getvalue())
+        provenance = {s: m.provenance.to_dict() for s, m in self._models.items()}
+        atomic_write_bytes(self.out / "provenance.json", json.dumps(provenance, indent=1).encode())
+        summary = {
+            "preset": self.cfg.preset,
+            "seconds": round(seconds, 1),
+            "timings": {k: round(v, 1) for k, v in self.timings.items()},
+            "units": {"computed": len(self.units.computed), "cached": len(self.units.cached)},
+            "family": self.family.paths,
+            "verdicts": tables["verdicts"].to_dict(orient="records"),
+        }
+        if "evals" in tables:
+            summary["evals"] = tables["evals"].to_dict(orient="records")
+        atomic_write_bytes(self.out / "summary.json", json.dumps(summary, indent=1, default=str).encode())
+        from deltalens.viz.cli import report_from_results
+
+        report_from_results(self.out).save(self.out / "report.html")
