@@ -1,0 +1,358 @@
+"""Collect activations over a prompt set: batched, in memory or streamed to disk, resumable.
+
+On disk a collection is a folder::
+
+    index.json              what was asked (prompts hash, hook names, positions, dtype, model
+                            provenance), the shard size and the finished shards
+    prompts.jsonl           one {"text", "label", "group"} object per prompt, in order
+    shard-00000.safetensors one [rows, d] tensor per hook name for prompts start:stop
+
+Each shard is written to a temporary file and moved into place with ``os.replace``, then the index
+is updated the same way, so an interrupted run leaves only finished shards behind and a rerun
+with the same arguments computes only the missing ones.
+
+Example:
+    >>> from deltalens.probes import collect
+    >>> acts = collect(model, prompts, "blocks.*.hook_resid_post", labels=labels, out="acts/")
+    >>> acts.stack().shape            # [n_prompts, layer, d_model], read from the shards on demand
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from deltalens.hooks.names import NamesArg, resolve_names
+from deltalens.probes.collected import FORMAT, INDEX, PROMPTS, Collected
+
+_SHARD_BYTES = 64 * 2**20
+
+
+class NonFiniteActivationError(ValueError):
+    """An activation contains NaN or ±inf (often fp16 overflow or a broken checkpoint)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardInfo:
+    """Passed to ``collect(on_shard=...)`` after each shard is safely on disk."""
+
+    index: int
+    start: int
+    stop: int
+    n_shards: int
+    path: Path
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_text(path: Path, text: str) -> None:
+    def w(p: str) -> None:
+        with open(p, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    _atomic_write(path, w)
+
+
+def _prompt_texts(prompts: Any) -> tuple[list[str], list[Any] | None, list[Any] | None]:
+    if hasattr(prompts, "texts") and hasattr(prompts, "labels"):  # a deltalens.data.PromptSet
+        return (
+            list(prompts.texts),
+            list(prompts.labels),
+            list(getattr(prompts, "groups", [None] * len(prompts))),
+        )
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    texts = list(prompts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"prompts must be strings; prompt {bad[0]} is a {type(texts[bad[0]]).__name__}")
+    return texts, None, None
+
+
+def _column(values: Sequence[Any] | None, n: int, what: str) -> list[Any] | None:
+    if values is None:
+        return None
+    values = values.tolist() if hasattr(values, "tolist") else list(values)
+    if len(values) != n:
+        raise ValueError(
+            f"{what} has {len(values)} entries but there are {n} prompts; expected one per prompt"
+        )
+    if all(v is None for v in values):
+        return None
+    return values
+
+
+def _pool(cache: Any, name: str, positions: Any) -> Tensor:
+    x = cache[name]
+    if positions != "mean":
+        return x
+    mask = cache.attention_mask.to(x.dtype)[..., None]
+    return (x * mask).sum(1) / mask.sum(1)
+
+
+def _check_finite(acts: dict[str, Tensor], offset: int, order: Sequence[int], texts: Sequence[str]) -> None:
+    for name, x in acts.items():
+        if bool(torch.isfinite(x).all()):
+            continue
+        row = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0])
+        i = order[offset + row]
+        kind = "NaN" if bool(torch.isnan(x[row]).any()) else "inf"
+        raise NonFiniteActivationError(
+            f"hook {name!r} has non-finite values ({kind}) for prompt {i} ({texts[i][:60]!r}); expected "
+            "finite activations. Check the checkpoint and dtype (fp16 overflows; try dtype=float32)."
+        )
+
+
+def _run(
+    model: Any,
+    texts: list[str],
+    idx: list[int],
+    names: list[str],
+    positions: Any,
+    batch_size: int,
+    dtype: torch.dtype,
+    bar: Any,
+) -> dict[str, Tensor]:
+    """Activations for ``texts[idx]``, ``{name: [len(idx), d]}``; batches of similar length."""
+    order = sorted(idx, key=lambda i: len(texts[i]))
+    out: dict[str, Tensor] = {}
+    rank = {i: r for r, i in enumerate(idx)}
+    for s in range(0, len(order), batch_size):
+        chunk = order[s : s + batch_size]
+        cache = model.run_with_cache(
+            [texts[i] for i in chunk], names=names, positions=None if positions == "mean" else positions
+        )
+        acts = {n: _pool(cache, n, positions).to(dtype) for n in names}
+        _check_finite(acts, s, order, texts)
+        rows = torch.tensor([rank[i] for i in chunk])
+        for n, x in acts.items():
+            if n not in out:
+                out[n] = torch.empty((len(idx), *x.shape[1:]), dtype=dtype)
+            out[n][rows] = x
+        if bar is not None:
+            bar.update(len(chunk))
+    return out
+
+
+def _spec(
+    model: Any, texts: list[str], names: list[str], positions: Any, dtype: torch.dtype
+) -> dict[str, Any]:
+    prov = getattr(model, "provenance", None)
+    prov = prov.to_dict() if hasattr(prov, "to_dict") else {}
+    h = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+    model_id = {k: prov.get(k) for k in ("content_hash", "adapter", "backend", "dtype", "arch")}
+    return {
+        "prompts_sha256": h,
+        "n_prompts": len(texts),
+        "names": names,
+        "positions": positions,
+        "dtype": str(dtype).replace("torch.", ""),
+        "model": model_id,
+    }
+
+
+def collect(
+    model: Any,
+    prompts: Sequence[str] | Any,
+    names: NamesArg = "blocks.*.hook_resid_post",
+    positions: str | int = "last",
+    *,
+    batch_size: int = 16,
+    out: str | Path | None = None,
+    labels: Sequence[Any] | None = None,
+    groups: Sequence[Any] | None = None,
+    dtype: torch.dtype = torch.float32,
+    shard_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_shard: Callable[[ShardInfo], None] | None = None,
+) -> Collected:
+    """Cache one activation vector per prompt and hook, batch by batch.
+
+    Args:
+        model: a :class:`~deltalens.hooks.model.HookedModel` (anything with ``run_with_cache``,
+            ``hook_names`` and ``n_layers``).
+        prompts: a list of texts or a ``deltalens.data.PromptSet`` (its labels and groups are used
+            unless ``labels`` / ``groups`` are given).
+        names: hook names, globs, a list or a predicate (``attn.hook_pattern`` is not supported).
+        positions: ``"last"`` (last real token, from the attention mask), ``"mean"`` (mean over
+            real tokens) or an int (a position of the padded batch; prefer ``"last"``).
+        batch_size: prompts per forward pass (prompts of similar length are batched together).
+        out: a folder to stream safetensors shards into (resumable); None keeps all in memory.
+        labels, groups: one per prompt; kept on the result for probes and splits.
+        dtype: storage dtype.
+        shard_size: prompts per shard (default: about 64 MiB per shard; a resumed run keeps the
+            size it started with).
+        overwrite: with ``out``, discard an existing collection made with other arguments.
+        progress: show a tqdm bar.
+        on_shard: called with a :class:`ShardInfo` after each shard is written.
+
+    Returns:
+        A :class:`Collected`; ``.stack()`` gives ``[n_prompts, layer, d]``.
+
+    Raises:
+        NonFiniteActivationError: an activation is NaN / inf (names the hook and prompt index).
+        ValueError: no prompts, label / group counts that do not match, an ``out`` folder that
+            holds a different collection.
+
+    Example:
+        >>> acts = collect(model, ps, "blocks.*.hook_resid_post", out="runs/acts", batch_size=32)
+        >>> X = acts.stack(layers="65-90%")       # [n, layer, d_model]
+
+    Gotcha: rerunning with the same ``out`` resumes; changed prompts, hooks, positions, dtype or
+    checkpoint raise instead of mixing two collections (pass ``overwrite=True`` to restart).
+    """
+    from tqdm.auto import tqdm
+
+    texts, set_labels, set_groups = _prompt_texts(prompts)
+    n = len(texts)
+    if n == 0:
+        raise ValueError("no prompts to collect; expected a non-empty list of strings")
+    labels = _column(labels if labels is not None else set_labels, n, "labels")
+    groups = _column(groups if groups is not None else set_groups, n, "groups")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}; expected >= 1")
+    if not (
+        positions in ("last", "mean") or (isinstance(positions, int) and not isinstance(positions, bool))
+    ):
+        raise ValueError(
+            f"positions={positions!r}; expected 'last', 'mean' or an int (one vector per prompt)"
+        )
+    chosen = resolve_names(names, model.hook_names)
+    patterns = [c for c in chosen if c.endswith("hook_pattern")]
+    if patterns:
+        raise ValueError(
+            f"attention patterns ({patterns[0]!r}, ...) have no fixed size per prompt; collect "
+            "residual / attn_out / mlp_out hooks instead"
+        )
+    meta = {"n_layers": int(model.n_layers)}
+    prov = getattr(model, "provenance", None)
+    if hasattr(prov, "to_dict"):
+        meta["provenance"] = prov.to_dict()
+    bar = tqdm(total=n, desc="collect", unit="prompt", disable=not progress)
+    try:
+        if out is None:
+            data = _run(model, texts, list(range(n)), chosen, positions, batch_size, dtype, bar)
+            return Collected(
+                names=chosen,
+                prompts=texts,
+                labels=labels,
+                groups=groups,
+                positions=positions,
+                meta=meta,
+                data=data,
+            )
+        spec = _spec(model, texts, chosen, positions, dtype)
+        d = int(getattr(model, "d_model", 0) or 1)
+        if shard_size is None:
+            per_prompt = max(1, len(chosen) * d * torch.empty((), dtype=dtype).element_size())
+            shard_size = max(batch_size, (_SHARD_BYTES // per_prompt) // batch_size * batch_size)
+        directory = _stream(
+            model,
+            texts,
+            chosen,
+            positions,
+            batch_size,
+            dtype,
+            Path(out),
+            spec,
+            meta,
+            shard_size,
+            overwrite,
+            bar,
+            on_shard,
+        )
+    finally:
+        bar.close()
+    _write_text(
+        directory / PROMPTS,
+        "".join(
+            json.dumps({"text": t, "label": _plain(lab), "group": _plain(g)}) + "\n"
+            for t, lab, g in zip(texts, labels or [None] * n, groups or [None] * n)
+        ),
+    )
+    return Collected.open(directory)
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def _stream(
+    model: Any,
+    texts: list[str],
+    names: list[str],
+    positions: Any,
+    batch_size: int,
+    dtype: torch.dtype,
+    directory: Path,
+    spec: dict[str, Any],
+    meta: dict[str, Any],
+    shard_size: int,
+    overwrite: bool,
+    bar: Any,
+    on_shard: Callable[[ShardInfo], None] | None,
+) -> Path:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    index_path = directory / INDEX
+    index: dict[str, Any] | None = None
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        if index.get("format") != FORMAT:
+            raise ValueError(
+                f"{index_path} is not a deltalens collection index (format {index.get('format')!r})"
+            )
+        diff = [k for k, v in spec.items() if index["spec"].get(k) != v]
+        if index["shard_size"] != shard_size and not diff:
+            shard_size = index["shard_size"]  # resume with the size the run started with
+        if diff and not overwrite:
+            old = index["spec"]
+            detail = "; ".join(f"{k}: {old.get(k)!r} there, {spec[k]!r} now" for k in diff[:2])
+            raise ValueError(
+                f"{directory} holds a collection made with other {', '.join(diff)} ({detail}); "
+                "expected the same arguments to resume. Use another folder or overwrite=True."
+            )
+        if diff:
+            for f in index.get("shards", []):
+                (directory / f["file"]).unlink(missing_ok=True)
+            index = None
+    n = len(texts)
+    bounds = [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+    if index is None:
+        index = {"format": FORMAT, "spec": spec, "meta": meta, "shard_size": shard_size, "shards": []}
+    done = {f["index"]: f for f in index["shards"] if (directory / f["file"]).is_file()}
+    index["shards"] = sorted(done.values(), key=lambda f: f["index"])
+    index["n_shards"] = len(bounds)
+    bar.update(sum(f["stop"] - f["start"] for f in done.values()))
+    for i, (start, stop) in enumerate(bounds):
+        if i in done:
+            continue
+        acts = _run(model, texts, list(range(start, stop)), names, positions, batch_size, dtype, None)
+        bar.update(stop - start)
+        path = directory / f"shard-{i:05d}.safetensors"
+        _atomic_write(path, lambda p, acts=acts: save_file({k: v.contiguous() for k, v in acts.items()}, p))
+        index["shards"].append({"index": i, "file": path.name, "start": start, "stop": stop})
+        index["shards"].sort(key=lambda f: f["index"])
+        _write_text(index_path, json.dumps(index, indent=1))
+        if on_shard is not None:
+            on_shard(ShardInfo(index=i, start=start, stop=stop, n_shards=len(bounds), path=path))
+    _write_text(index_path, json.dumps(index, indent=1))
+    return directory

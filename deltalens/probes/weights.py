@@ -1,0 +1,334 @@
+"""Weight-space overlap of fine-tuning updates: MSO per 2-D tensor, aggregated, for every pair.
+
+Each ΔW is an HF ``nn.Linear``-style ``[out, in]`` tensor; its subspace is the left singular space
+(``R^out``; for an embedding matrix ``[vocab, d_model]`` that is the vocabulary axis). One
+decomposition per (update, tensor) serves every energy threshold η and every pair.
+
+Example:
+    >>> import deltalens as dl
+    >>> from deltalens.probes import weight_overlap_pairs
+    >>> df = weight_overlap_pairs({"alignment": dl.weight_delta(w0, wa), "useful": dl.weight_delta(wa, wu),
+    ...                            "harmful": dl.weight_delta(wa, wh)}, etas=(0.1, 0.5, 0.9))
+    >>> df.pivot_table(index=["a", "b"], columns="eta", values="mso")
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor
+
+from deltalens.interventions.modules import is_embedding, tensor_group, tensor_layer
+from deltalens.probes.overlap import energy_rank, left_svd
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DEFAULT_WEIGHT_ETAS: tuple[float, ...] = (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99)
+"""The paper's η sweep for weight-update MSO (Exp 3)."""
+
+_LAYER_RE = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
+
+_TENSOR_COLUMNS = [
+    "tensor",
+    "group",
+    "module",
+    "layer",
+    "is_embedding",
+    "eta",
+    "k_a",
+    "k_b",
+    "d",
+    "mso",
+    "baseline",
+]
+
+
+def _module(name: str) -> str:
+    return _LAYER_RE.sub(".*.", name, count=1)
+
+
+def _entry(delta: Mapping[str, Any], name: str) -> Any:
+    """The update in ``[out, in]`` orientation: a tensor, a low-rank ``B @ A``, or None (zero).
+
+    A ``WeightDelta`` knows its orientation (GPT-2 ``Conv1D`` weights are stored ``[in, out]``) and
+    may keep LoRA updates factored; a plain mapping is taken as given.
+    """
+    return delta.oriented(name) if hasattr(delta, "oriented") else delta[name]
+
+
+def _shape(delta: Mapping[str, Any], name: str, e: Any) -> tuple[int, ...]:
+    return tuple(delta.oriented_shape(name)) if hasattr(delta, "oriented_shape") else tuple(e.shape)
+
+
+def _selected(delta: Mapping[str, Any], include_embeddings: bool, pattern: str | None) -> list[str]:
+    rx = re.compile(pattern) if pattern else None
+    out = []
+    for name in delta:
+        if not include_embeddings and is_embedding(name):
+            continue
+        if rx is not None and not rx.search(name):
+            continue
+        out.append(name)
+    return out
+
+
+def _check_etas(etas: float | Sequence[float]) -> list[float]:
+    etas = [float(etas)] if isinstance(etas, int | float) else [float(e) for e in etas]
+    if not etas:
+        raise ValueError("etas is empty; pass energy fractions in (0, 1], e.g. (0.1, 0.5, 0.9)")
+    bad = [e for e in etas if not 0 < e <= 1]
+    if bad:
+        raise ValueError(f"etas {bad} are outside (0, 1]")
+    return etas
+
+
+def _decompose(e: Any, centered: bool, max_eta: float) -> tuple[Tensor, Tensor] | None:
+    """``(U, S)`` with ``U`` cut at the largest energy rank needed, or None for a zero update."""
+    if e is None:
+        return None
+    if hasattr(e, "B") and hasattr(e, "A"):  # low rank B @ A: QR of B, SVD of the small R @ A
+        Q, R = torch.linalg.qr(e.B.detach().double())
+        A = e.A.detach().double()
+        Us, S, _ = torch.linalg.svd(R @ (A - A.mean(1, keepdim=True) if centered else A), full_matrices=False)
+        U = Q @ Us
+    else:
+        U, S = left_svd(e, centered=centered)
+    if not float(S.square().sum()) > 0:
+        return None
+    return U[:, : energy_rank(S, max_eta)], S
+
+
+def _rows(
+    name: str, da: tuple[Tensor, Tensor], db: tuple[Tensor, Tensor], etas: list[float]
+) -> list[dict[str, Any]]:
+    (Ua, Sa), (Ub, Sb) = da, db
+    d = Ua.shape[0]
+    layer, group = tensor_layer(name), tensor_group(name)
+    rows = []
+    for eta in etas:
+        ka, kb = energy_rank(Sa, eta), energy_rank(Sb, eta)
+        value = float((Ua[:, :ka].T @ Ub[:, :kb]).square().sum()) / min(ka, kb)
+        rows.append(
+            dict(
+                tensor=name,
+                group=group,
+                module=_module(name),
+                layer=layer,
+                is_embedding=group in ("embedding", "unembedding"),
+                eta=eta,
+                k_a=ka,
+                k_b=kb,
+                d=d,
+                mso=value,
+                baseline=max(ka, kb) / d,
+            )
+        )
+    return rows
+
+
+def _frame(rows: list[dict[str, Any]], extra: Sequence[str] = ()) -> pd.DataFrame:
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=[*extra, *_TENSOR_COLUMNS])
+    df["layer"] = df["layer"].astype("Int64")
+    return df
+
+
+def _aggregate(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    out = (
+        df.groupby(keys, dropna=False, sort=True)
+        .agg(
+            mso=("mso", "mean"),
+            baseline=("baseline", "mean"),
+            mso_std=("mso", "std"),
+            k_a=("k_a", "mean"),
+            k_b=("k_b", "mean"),
+            n_tensors=("tensor", "nunique"),
+        )
+        .reset_index()
+    )
+    out["ratio"] = out["mso"] / out["baseline"]
+    return out
+
+
+@dataclass(kw_only=True)
+class WeightOverlap:
+    """Per-tensor MSO of two weight updates over an η sweep.
+
+    Attributes:
+        table: one row per (tensor, η). Columns: ``tensor`` (HF name), ``module`` (name with the
+            layer index as ``*``), ``layer`` (Int64, <NA> outside blocks), ``is_embedding``,
+            ``eta``, ``k_a``, ``k_b``, ``d`` (rows of ΔW), ``mso``, ``baseline`` (max(k_a,k_b)/d).
+        skipped: tensor name -> why it was left out (zero update, missing from one side, ...).
+    """
+
+    table: pd.DataFrame
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def mean(self) -> pd.DataFrame:
+        """Mean over tensors per η: ``eta, mso, baseline, mso_std, k_a, k_b, n_tensors, ratio``."""
+        return _aggregate(self.table, ["eta"])
+
+    def by_layer(self) -> pd.DataFrame:
+        """Mean over the tensors of each block per η (``layer`` <NA> = embeddings / final norm)."""
+        return _aggregate(self.table, ["layer", "eta"])
+
+    def by_module(self) -> pd.DataFrame:
+        """Mean over layers per module kind (``model.layers.*.mlp.down_proj.weight``) and η."""
+        return _aggregate(self.table, ["module", "eta"])
+
+    def __repr__(self) -> str:
+        if self.table.empty:
+            return f"WeightOverlap(no tensors; skipped={len(self.skipped)})"
+        m = self.mean()
+        cells = ", ".join(f"η={r.eta:g}: {r.mso:.3f} vs {r.baseline:.3f}" for r in m.itertuples())
+        return (
+            f"WeightOverlap({self.table['tensor'].nunique()} tensors, skipped {len(self.skipped)}; "
+            f"mean MSO vs random: {cells})"
+        )
+
+
+def weight_overlap(
+    delta_a: Mapping[str, Tensor],
+    delta_b: Mapping[str, Tensor],
+    etas: float | Sequence[float] = DEFAULT_WEIGHT_ETAS,
+    *,
+    include_embeddings: bool = True,
+    pattern: str | None = None,
+    centered: bool = False,
+) -> WeightOverlap:
+    """MSO between two weight updates, per 2-D tensor, for each energy threshold.
+
+    Args:
+        delta_a, delta_b: ``name -> ΔW`` mappings (a ``WeightDelta``, a state-dict difference, ...)
+            with HF tensor names; only 2-D tensors present in both are compared.
+        etas: energy fractions for the ranks ``k_a(η)``, ``k_b(η)``.
+        include_embeddings: keep token / position embeddings and ``lm_head`` (see
+            :func:`deltalens.interventions.modules.is_embedding`). Report both: the embeddings can dominate the picture.
+        pattern: optional regex; only tensor names it matches (``re.search``) are compared.
+        centered: centre the columns of each ΔW first.
+
+    Returns:
+        :class:`WeightOverlap` with the per-tensor ``table`` and ``mean()`` / ``by_layer()`` views.
+
+    Raises:
+        ValueError: no 2-D tensor in common, or bad ``etas``.
+
+    Example:
+        >>> wo = weight_overlap(delta_useful, delta_harmful, etas=(0.5, 0.9), include_embeddings=False)
+        >>> wo.mean()        # eta, mso, baseline, ...
+    """
+    etas = _check_etas(etas)
+    result = _pairs({"a": delta_a, "b": delta_b}, etas, include_embeddings, pattern, centered)
+    table = result.table.drop(columns=["a", "b"]).reset_index(drop=True)
+    return WeightOverlap(table=table, skipped=result.skipped)
+
+
+def _pairs(
+    deltas: Mapping[str, Mapping[str, Tensor]],
+    etas: list[float],
+    include_embeddings: bool,
+    pattern: str | None,
+    centered: bool,
+) -> WeightOverlap:
+    if len(deltas) < 2:
+        raise ValueError(f"need at least two updates to compare; got {list(deltas)}")
+    keys = list(deltas)
+    names_per = {k: _selected(deltas[k], include_embeddings, pattern) for k in keys}
+    order = names_per[keys[0]]
+    common = [n for n in order if all(n in set(names_per[k]) for k in keys)]
+    skipped: dict[str, str] = {}
+    for k in keys:
+        for n in names_per[k]:
+            if n not in common and n not in skipped:
+                missing = [j for j in keys if n not in set(names_per[j])]
+                skipped[n] = f"missing from {missing}"
+    rows: list[dict[str, Any]] = []
+    max_eta = max(etas)
+    n_2d = 0
+    for name in common:
+        entries = {k: _entry(deltas[k], name) for k in keys}
+        shapes = {k: _shape(deltas[k], name, e) for k, e in entries.items()}
+        if any(len(s) != 2 for s in shapes.values()):
+            continue
+        n_2d += 1
+        if len(set(shapes.values())) > 1:
+            skipped[name] = f"shapes differ: {shapes}"
+            continue
+        decomp = {}
+        for k, e in entries.items():
+            parts = [] if e is None else [e.B, e.A] if hasattr(e, "B") else [e]
+            if not all(bool(torch.isfinite(t).all()) for t in parts):
+                raise ValueError(f"update {k!r} has non-finite values in tensor {name!r}")
+            decomp[k] = _decompose(e, centered, max_eta)
+        zero = [k for k, v in decomp.items() if v is None]
+        if zero:
+            skipped[name] = f"zero update in {zero}"
+            continue
+        for a, b in itertools.combinations(keys, 2):
+            rows += [dict(a=a, b=b, **r) for r in _rows(name, decomp[a], decomp[b], etas)]
+    if n_2d == 0:
+        raise ValueError(
+            f"the updates {keys} share no 2-D tensor (after include_embeddings={include_embeddings}, "
+            f"pattern={pattern!r}); expected HF names such as 'model.layers.0.mlp.up_proj.weight'"
+        )
+    return WeightOverlap(table=_frame(rows, extra=("a", "b")), skipped=skipped)
+
+
+def weight_overlap_pairs(
+    deltas: Mapping[str, Mapping[str, Tensor]],
+    etas: float | Sequence[float] = DEFAULT_WEIGHT_ETAS,
+    *,
+    include_embeddings: bool | Literal["both"] = "both",
+    by: Literal["mean", "layer", "module", "tensor"] = "mean",
+    pattern: str | None = None,
+    centered: bool = False,
+) -> pd.DataFrame:
+    """Weight-update MSO for every pair of named updates, as one tidy table.
+
+    Args:
+        deltas: ``label -> update``, e.g. ``{"alignment": dA, "useful": dU, "harmful": dH,
+            "contaminated": dC}``. Pairs are taken in this order (``a`` before ``b``).
+        etas: energy fractions.
+        include_embeddings: True, False, or ``"both"`` (rows for each, told apart by the
+            ``embeddings`` column, ``"included"`` / ``"excluded"``).
+        by: aggregate per ``"mean"`` (over tensors), ``"layer"``, ``"module"``, or keep every
+            ``"tensor"`` row.
+        pattern: optional regex on tensor names.
+        centered: centre the columns of each ΔW first.
+
+    Returns:
+        DataFrame with ``a, b, embeddings`` and, for ``by="tensor"``, the columns of
+        :attr:`WeightOverlap.table`; otherwise the grouping keys plus ``mso, baseline, mso_std,
+        k_a, k_b, n_tensors, ratio`` (means over tensors; ``ratio = mso / baseline``).
+
+    Example:
+        >>> df = weight_overlap_pairs({"alignment": dA, "useful": dU, "harmful": dH}, etas=(0.5, 0.9))
+        >>> df[df.embeddings == "excluded"].pivot_table(index=["a", "b"], columns="eta", values="mso")
+    """
+    import pandas as pd
+
+    etas = _check_etas(etas)
+    if by not in ("mean", "layer", "module", "tensor"):
+        raise ValueError(f"by={by!r}; expected 'mean', 'layer', 'module' or 'tensor'")
+    if include_embeddings not in (True, False, "both"):
+        raise ValueError(f"include_embeddings={include_embeddings!r}; expected True, False or 'both'")
+    full = _pairs(deltas, etas, include_embeddings is not False, pattern, centered).table
+    variants = {"included": full, "excluded": full[~full["is_embedding"]]}
+    if include_embeddings is True:
+        variants.pop("excluded")
+    elif include_embeddings is False:
+        variants.pop("included")
+    keys = {"mean": [], "layer": ["layer"], "module": ["module"], "tensor": None}[by]
+    frames = []
+    for label, df in variants.items():
+        out = df.copy() if keys is None else _aggregate(df, ["a", "b", *keys, "eta"])
+        out.insert(2, "embeddings", label)
+        frames.append(out)
+    return pd.concat(frames, ignore_index=True)
