@@ -1,0 +1,39 @@
+"""Offline visualisations: attention, residual-stream views, steering plots, one HTML report.
+
+Every function is pure and returns a view with ``_repr_html_`` (renders in Jupyter with no
+network access), ``.save("x.html")`` (one self-contained file) and, for pictures,
+``.save("x.png")``. Views keep what they were drawn from in ``.data`` (and ``.series``).
+
+Example:
+    >>> from deltalens import viz
+    >>> viz.attention(model, "The cat sat", layer=0).save("attn.html")
+    >>> rep = viz.Report("Family").add_section("Steering", viz.steering_sweep(sweep_df), sweep_df)
+    >>> rep.save("report.html")
+"""
+
+from deltalens.viz.attention import AttentionView, attention, attention_compare
+from deltalens.viz.base import FigureView, View
+from deltalens.viz.cli import add_report_arguments, report_from_results, report_main
+from deltalens.viz.report import Report
+from deltalens.viz.residual import activation_overlap, delta_norms, logit_lens, probe_accuracy
+from deltalens.viz.steering import energy_kept, patching, steering_sweep, weight_overlap
+
+__all__ = [
+    "AttentionView",
+    "FigureView",
+    "Report",
+    "View",
+    "activation_overlap",
+    "add_report_arguments",
+    "attention",
+    "attention_compare",
+    "delta_norms",
+    "energy_kept",
+    "logit_lens",
+    "patching",
+    "probe_accuracy",
+    "report_from_results",
+    "report_main",
+    "steering_sweep",
+    "weight_overlap",
+]
