@@ -1,0 +1,236 @@
+"""Project a task update onto (or away from) a subspace and put it on a live model, reversibly.
+
+Per tensor, with ``L`` the basis of the subspace (orthonormal columns in output space) and Δ_T
+the task update taken from the reference weights ``W_ref`` (the ``a`` side of ``task_delta``)::
+
+    parallel:  W = W_ref + α · L Lᵀ Δ_T
+    orth:      W = W_ref + α · (Δ_T − L Lᵀ Δ_T)
+
+The edit is written in place into the model's live parameters (``model.named_weights()``, under
+``torch.no_grad``, ``copy_``), so both backends and ``generate`` see it, and the exact original
+tensors are written back on exit — also on exceptions. ``W_ref`` is found on the live model: if the
+model holds the delta's reference weights they are used as they are; if it holds the target
+weights, ``W_ref = W − Δ_T``. A low-rank (LoRA) task update projects as ``L (Lᵀ B) A`` without
+forming ``B A`` first.
+
+Example:
+    >>> d_task = dl.weight_delta(aligned, harmful)
+    >>> L = top_k(dl.weight_delta(base, aligned), frac=0.25)
+    >>> with project(aligned, d_task, L, mode="parallel"):
+    ...     out = aligned.generate(prompts)
+    >>> energy_kept(d_task, L, "parallel", modules=ModuleFilter(embeddings=False, unembedding=False))
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from deltalens.interventions.bases import Basis
+from deltalens.interventions.checks import At, check_basis, check_live, claim, live_params, locate, release
+from deltalens.interventions.delta import LowRank, WeightDelta
+from deltalens.interventions.energies import MODES, Mode
+from deltalens.interventions.modules import ModulesArg, select_names
+
+Outside = Literal["reference", "task"]
+
+
+# ---------------------------------------------------------------------------- the math
+def projected(e: Tensor | LowRank | None, L: Tensor, mode: Mode) -> Tensor | LowRank | None:
+    """``L Lᵀ e`` (parallel) or ``e − L Lᵀ e`` (orth) for one oriented update (None = zero)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if e is None:
+        return None
+    if L.shape[1] == 0:
+        return e if mode == "orth" else None
+    if isinstance(e, LowRank):
+        Lb = L.to(e.B.dtype)
+        pb = Lb @ (Lb.T @ e.B)
+        return LowRank(pb if mode == "parallel" else e.B - pb, e.A)
+    Le = L.to(e.dtype)
+    p = Le @ (Le.T @ e) if e.ndim == 2 else Le[:, 0] * (Le[:, 0] @ e)
+    return p if mode == "parallel" else e - p
+
+
+# ---------------------------------------------------------------------------- the edit
+class ProjectionHandle:
+    """A weight edit in force on a model; :meth:`restore` writes the original tensors back.
+
+    Also a context manager (``with apply_projection(...) as h:``).
+    """
+
+    def __init__(
+        self, params: dict[str, Tensor], originals: dict[str, Tensor], label: str, energy: float, key: int
+    ) -> None:
+        self._params, self._originals, self._key = params, originals, key
+        self.label, self.energy_kept = label, energy
+        self.names = list(originals)
+        self.active = True
+
+    def restore(self) -> None:
+        """Write the exact original tensors back (idempotent)."""
+        if not self.active:
+            return
+        with torch.no_grad():
+            for n, orig in self._originals.items():
+                self._params[n].copy_(orig)
+        self.active = False
+        self._originals = {}
+        release(self._key)
+
+    def __enter__(self) -> ProjectionHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def __repr__(self) -> str:
+        return (
+            f"ProjectionHandle({self.label}, {len(self.names)} tensors edited, E_k={self.energy_kept:.4f}, "
+            f"{'active' if self.active else 'restored'})"
+        )
+
+
+def reference_weight(orig: Tensor, delta: WeightDelta, name: str, where: str) -> Tensor:
+    """``W_ref`` (fp32, stored layout) from a live tensor that holds the reference or the target."""
+    w = orig.detach().float()
+    return w if where == "reference" else w - delta[name].to(w.device)
+
+
+def _sq(upd: Tensor | LowRank | None) -> float:
+    if upd is None:
+        return 0.0
+    if isinstance(upd, LowRank):
+        return upd.sq_norm()
+    return float(torch.linalg.vector_norm(upd, dtype=torch.float64) ** 2)
+
+
+def _to_stored(upd: Tensor | LowRank, name: str, delta: WeightDelta) -> Tensor:
+    d = upd.dense() if isinstance(upd, LowRank) else upd
+    return d.T if name in delta.transposed else d
+
+
+def apply_projection(
+    model: Any,
+    task_delta: WeightDelta,
+    basis: Basis,
+    mode: Mode = "parallel",
+    alpha: float = 1.0,
+    modules: ModulesArg = None,
+    *,
+    outside: Outside = "reference",
+    at: At = "auto",
+    check: bool = True,
+) -> ProjectionHandle:
+    """Set ``W = W_ref + α·P(Δ_T)`` on the live model and return a handle to undo it.
+
+    Args:
+        model: a ``HookedModel`` or a Hugging Face model holding the task delta's reference or
+            target weights.
+        task_delta: Δ_T (its ``a`` side is ``W_ref``).
+        basis: the subspace, e.g. ``top_k(alignment_delta, frac=0.25)``.
+        mode: ``"parallel"`` (keep ``L Lᵀ Δ_T``) or ``"orth"`` (keep ``Δ_T − L Lᵀ Δ_T``).
+        alpha: scale of the kept update.
+        modules: which tensors are projected (see :func:`~deltalens.interventions.modules.select_names`);
+            default every tensor of the delta, embeddings and ``lm_head`` included, as in the paper.
+        outside: tensors outside ``modules`` get ``W_ref`` (``"reference"``) or the whole update
+            ``W_ref + α Δ_T`` (``"task"``).
+        at: where the model stands (``"auto"`` recognises it from the delta's fingerprints).
+        check: reject a basis from another model family.
+
+    Returns:
+        A :class:`ProjectionHandle` (``.restore()``; ``.energy_kept``).
+
+    Raises:
+        ValueError: bad mode, a basis or model that does not fit the delta — before any weight changes.
+        RuntimeError: another weight edit is still in force on the model.
+
+    Example:
+        >>> h = apply_projection(model, d_task, top_k(d_align, frac=0.5), mode="orth")
+        >>> model.generate(["hello"]); h.restore()
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if outside not in ("reference", "task"):
+        raise ValueError(f"outside must be 'reference' or 'task', got {outside!r}")
+    all_names = list(task_delta)
+    names = select_names(all_names, modules, task_delta.shapes)
+    live = live_params(model)
+    label = f"{basis.describe()} {mode} α={alpha}"
+    key = claim(live, label)
+    try:
+        check_live(live, task_delta, all_names)
+        if check:
+            check_basis(basis, task_delta, names)
+        where = locate(live, task_delta, all_names, at)
+        vecs = {n: basis.vectors(n) for n in names}  # resolve every SVD before touching a weight
+    except BaseException:
+        release(key)
+        raise
+    chosen = set(names)
+    # tensors outside the filter already hold what they should when the model stands there
+    settled = (where == "reference" and outside == "reference") or (
+        where == "target" and outside == "task" and alpha == 1.0
+    )
+    edits = [n for n in all_names if n in chosen or not settled]
+    originals: dict[str, Tensor] = {}
+    kept = total = 0.0
+    handle = ProjectionHandle(live, originals, label, float("nan"), key)
+    try:
+        with torch.no_grad():
+            for n in edits:
+                p = live[n]
+                originals[n] = p.detach().clone()
+                w = reference_weight(originals[n], task_delta, n, where)
+                upd: Tensor | LowRank | None = None
+                if n in chosen:
+                    upd = projected(task_delta.oriented(n), vecs[n], mode)
+                    kept += _sq(upd)
+                    total += task_delta.sq_norm(n)
+                elif outside == "task":
+                    upd = task_delta.oriented(n)
+                if upd is not None:
+                    w = w.add(_to_stored(upd, n, task_delta).to(w.device), alpha=alpha)
+                p.copy_(w)
+    except BaseException:
+        handle.restore()
+        raise
+    handle.energy_kept = kept / total if total else float("nan")
+    handle.names = list(originals)
+    return handle
+
+
+@contextlib.contextmanager
+def project(
+    model: Any,
+    task_delta: WeightDelta,
+    basis: Basis,
+    mode: Mode = "parallel",
+    alpha: float = 1.0,
+    modules: ModulesArg = None,
+    *,
+    outside: Outside = "reference",
+    at: At = "auto",
+    check: bool = True,
+) -> Iterator[ProjectionHandle]:
+    """Context manager form of :func:`apply_projection`; the original weights come back in ``finally``.
+
+    Example:
+        >>> with project(aligned, d_harmful, top_k(d_align, frac=0.25), mode="parallel") as h:
+        ...     print(h.energy_kept, aligned.generate(["how do I ..."]))
+
+    Gotcha: the model must hold the delta's reference or target weights; nested projections on
+    the same model are refused (restore the outer one first).
+    """
+    handle = apply_projection(
+        model, task_delta, basis, mode, alpha, modules, outside=outside, at=at, check=check
+    )
+    try:
+        yield handle
+    finally:
+        handle.restore()
