@@ -1,0 +1,33 @@
+"""Evaluations: harmfulness (judged generations, pluggable judge), utility (exact match), perplexity.
+
+Example:
+    >>> from deltalens.evals import harmfulness, utility, perplexity, RefusalJudge
+    >>> rep = harmfulness(model, harmbench(), judge=RefusalJudge(), chat=True)
+    >>> rep.refusal_rate, rep.compliance_rate, rep.verdicts.head()
+"""
+
+from deltalens.evals.judge import REFUSAL_PREFIXES, Judge, RefusalJudge, Verdict, normalize_response
+from deltalens.evals.metrics import (
+    HarmfulnessReport,
+    PerplexityReport,
+    UtilityReport,
+    extract_integers,
+    harmfulness,
+    perplexity,
+    utility,
+)
+
+__all__ = [
+    "REFUSAL_PREFIXES",
+    "HarmfulnessReport",
+    "Judge",
+    "PerplexityReport",
+    "RefusalJudge",
+    "UtilityReport",
+    "Verdict",
+    "extract_integers",
+    "harmfulness",
+    "normalize_response",
+    "perplexity",
+    "utility",
+]
