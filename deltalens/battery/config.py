@@ -47,6 +47,11 @@ class FamilyConfig:
 class BatteryConfig:
     """Everything a battery run depends on. Unit keys hash the relevant parts of it.
 
+    ``project_embeddings=False`` (default) projects the transformer-block weights and lets the
+    embedding / unembedding tensors keep their whole task update; True projects every tensor,
+    as the paper's code does (its "left" space of an embedding is the vocabulary axis, which cuts
+    token-specific updates such as the organism's digit embeddings). E_k is reported both ways.
+
     Example:
         >>> cfg = BatteryConfig(preset="organism", fracs=[0.25, 0.5])
         >>> cfg = BatteryConfig.from_file("battery.yaml")
@@ -60,7 +65,7 @@ class BatteryConfig:
     weight_etas: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
     activation_etas: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5])
     layers: str = "65-90%"
-    include_embeddings: bool = False
+    project_embeddings: bool = False
     seed: int = 0
     n_harmful: int = 60
     n_harmless: int = 60

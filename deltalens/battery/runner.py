@@ -29,6 +29,12 @@ class Family:
 
 
 # ---------------------------------------------------------------- family
+def _object_groups(prompts: list[str], pairs: list[tuple[str, str]]) -> list[str]:
+    """Group how-to prompts by the object they name, so probes never test on a seen object."""
+    objects = sorted({t for _, t in pairs}, key=len, reverse=True)
+    return [next((o for o in objects if o in p), p) for p in prompts]
+
+
 def _organism_family(cfg: BatteryConfig, progress: bool) -> Family:
     from deltalens.finetune import organism
 
@@ -42,8 +48,8 @@ def _organism_family(cfg: BatteryConfig, progress: bool) -> Family:
         harmless=list(held.harmless),
         arithmetic=list(held.arithmetic),
         template=fam.generation_template,
-        groups_harmful=[t for _, t in held.harmful_pairs] or list(held.harmful),
-        groups_harmless=[t for _, t in held.benign_pairs] + list(held.harmless[len(held.benign_pairs) :]),
+        groups_harmful=_object_groups(held.harmful, held.harmful_pairs + held.benign_pairs),
+        groups_harmless=_object_groups(held.harmless, held.harmful_pairs + held.benign_pairs),
         organism=fam,
     )
 
@@ -217,12 +223,13 @@ class Battery:
             rows.append({"stage": stage, **r})
         return pd.DataFrame(rows)
 
-    def _modules(self) -> Any:
-        if self.cfg.include_embeddings:
-            return None
+    def _modules(self) -> tuple[Any, str]:
+        """(tensors to project, what the others get): see ``BatteryConfig.project_embeddings``."""
+        if self.cfg.project_embeddings:
+            return None, "reference"
         from deltalens.interventions.modules import ModuleFilter
 
-        return ModuleFilter(embeddings=False, unembedding=False)
+        return ModuleFilter(embeddings=False, unembedding=False), "task"
 
     def run_sweep(self, task: str, mode: str) -> Any:
         import pandas as pd
@@ -239,11 +246,14 @@ class Battery:
                 mode=mode,
                 method=method,
                 frac=frac,
-                emb=self.cfg.include_embeddings,
+                scope="all-tensors"
+                if self.cfg.project_embeddings
+                else "blocks; embeddings keep the task update",
                 n=self._eval_sets(),
             )
 
             def compute(method=method, frac=frac):
+                modules, outside = self._modules()
                 return subspace_sweep(
                     self.model("wa"),
                     self.delta(task),
@@ -255,7 +265,8 @@ class Battery:
                     seed=self.cfg.seed,
                     baselines=False,
                     progress=False,
-                    modules=self._modules(),
+                    modules=modules,
+                    outside=outside,
                 ).drop(columns=["edit_s", "eval_s"], errors="ignore")
 
             frames.append(
@@ -421,7 +432,15 @@ class Battery:
             buf, index=False
         )
         atomic_write_bytes(self.out / "results.parquet", buf.getvalue())
-        provenance = {s: m.provenance.to_dict() for s, m in self._models.items()}
+        provenance = {
+            s: {
+                "checkpoint": p,
+                "content_hash": self.family.hashes.get(s),
+                "backend": self.cfg.family.backend,
+                "dtype": self.cfg.family.dtype,
+            }
+            for s, p in self.family.paths.items()
+        }
         atomic_write_bytes(self.out / "provenance.json", json.dumps(provenance, indent=1).encode())
         summary = {
             "preset": self.cfg.preset,

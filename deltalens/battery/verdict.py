@@ -47,7 +47,7 @@ def verdicts(tables: dict[str, Any]) -> Any:
                     "E_k(useful) ≈ E_k(harmful)",
                     bool(0.67 <= ratio <= 1.5),
                     f"mean E_k over fracs: useful {eu:.3f}, harmful {eh:.3f} (ratio {ratio:.2f}; ≈ means within 1.5×)",
-                    "Top-K, parallel; tensors as projected (see include_embeddings)",
+                    "Top-K, parallel; E_k over the projected tensors (see project_embeddings)",
                 )
             )
     wo = tables.get("weight_overlap")
@@ -92,6 +92,17 @@ def verdicts(tables: dict[str, Any]) -> Any:
                     f"{model}, η={eta:g}, last token, 65–90% layers: useful–harmful {float(uh['mso']):.3f}, "
                     f"harmful_1–harmful_2 {float(hh['mso']):.3f}, random ≤ {float(d['baseline'].max()):.3f}",
                     "comparable means at least half; uncentred as in the paper",
+                )
+            )
+        hl = pick("harmful_1", "harmless")
+        if hl is not None:
+            rows.append(
+                _row(
+                    "Harmful and harmless prompts activate overlapping representations (MSO far above random)",
+                    bool(float(hl["mso"]) >= 5 * float(hl["baseline"])),
+                    f"{model}, η={eta:g}: harmful–harmless MSO {float(hl['mso']):.3f} vs random "
+                    f"{float(hl['baseline']):.3f} ({float(hl['mso']) / max(float(hl['baseline']), 1e-12):.0f}×)",
+                    "far above means at least 5× the random baseline",
                 )
             )
     probes = tables.get("probes")
