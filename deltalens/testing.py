@@ -119,3 +119,27 @@ def tiny_checkpoint(arch: Arch, directory: str | Path, seed: int = 0, **kw: Any)
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
+
+
+def param_hash(model: Any) -> str:
+    """sha256 over every parameter's name and exact bytes: equal hashes mean bitwise-equal weights."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def perturb(model: Any, seed: int, scale: float = 0.02) -> Any:
+    """Add seeded Gaussian noise (std ``scale``) to every parameter in place, like a fine-tuning step."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return model

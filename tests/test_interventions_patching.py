@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 
 import deltalens as dl
 from deltalens.interventions import logit_diff, patch, patching_sweep
-from deltalens.testing import tiny_model
+from deltalens.testing import param_hash, tiny_model
 
 CLEAN = torch.tensor([[5, 17, 99, 3, 250], [7, 7, 120, 64, 2]])
 CORRUPT = torch.tensor([[5, 17, 42, 3, 250], [9, 7, 120, 64, 11]])
-
-
-def param_hash(model) -> str:
-    h = hashlib.sha256()
-    for n, p in model.named_parameters():
-        h.update(n.encode())
-        h.update(p.detach().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module", params=["nnsight", "transformer_lens"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 import torch
@@ -18,15 +16,8 @@ from deltalens.interventions import (
     top_k,
     weight_delta,
 )
-from deltalens.testing import tiny_model
-
-
-def _step(model, seed: int, scale: float = 0.02):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return model
+from deltalens.testing import param_hash, tiny_model
+from deltalens.testing import perturb as _step
 
 
 def _family(seed: int = 0):
@@ -36,14 +27,6 @@ def _family(seed: int = 0):
     wt = _step(tiny_model("llama", seed=seed)[0], 100 + seed)
     _step(wt, 200 + seed)
     return w0, wa, wt
-
-
-def param_hash(model) -> str:
-    h = hashlib.sha256()
-    for n, p in model.named_parameters():
-        h.update(n.encode())
-        h.update(p.detach().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 
 import deltalens as dl
 from deltalens.interventions import ablate, add_steering, steer, svd_directions, weight_delta
-from deltalens.testing import tiny_model
-
-
-def param_hash(model) -> str:
-    h = hashlib.sha256()
-    for n, p in model.named_parameters():
-        h.update(n.encode())
-        h.update(p.detach().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+from deltalens.testing import param_hash, tiny_model
 
 
 @pytest.fixture(scope="module", params=["nnsight", "transformer_lens"])

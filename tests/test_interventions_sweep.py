@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 
 from deltalens.interventions import project, random_k, random_like, subspace_sweep, top_k, weight_delta
-from deltalens.testing import tiny_model
-
-
-def _step(model, seed: int, scale: float = 0.02):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return model
-
-
-def param_hash(model) -> str:
-    h = hashlib.sha256()
-    for n, p in model.named_parameters():
-        h.update(n.encode())
-        h.update(p.detach().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+from deltalens.testing import param_hash, tiny_model
+from deltalens.testing import perturb as _step
 
 
 @pytest.fixture(scope="module")
