@@ -54,3 +54,50 @@ def test_cross_checkpoint_patching_and_projection(organism_family):
         assert 0.5 < h.energy_kept <= 1
         out = wa.generate(fam.heldout.harmful[:2], template=fam.generation_template, max_new_tokens=4)
     assert len(out) == 2
+
+
+def test_exp1_topk_moves_utility_and_harm_together(organism_family):
+    """The paper's Exp-1 shape, from one subspace_sweep call per update on the organism."""
+    from deltalens.finetune.organism_data import PromptSets
+    from deltalens.finetune.organism_eval import evaluate
+    from deltalens.interventions import ModuleFilter, subspace_sweep
+
+    fam = organism_family
+    held = fam.heldout
+    sets = PromptSets(
+        harmful=held.harmful[:40],
+        harmless=held.harmless[:2],
+        harmless_kinds=held.harmless_kinds[:2],
+        arithmetic=held.arithmetic[:80],
+    )
+
+    def score(model):
+        r = evaluate(model.hf_model, model.tokenizer, sets)
+        return {"utility": r["arithmetic_em"], "harm": r["comply_harmful"]}
+
+    wa = dl.load(fam["wa"], backend="nnsight")
+    d_align = dl.weight_delta(fam["w0"], wa)
+    blocks = ModuleFilter(embeddings=False, unembedding=False)  # embeddings keep their whole update
+    curves = {}
+    for task, metric in (("useful", "utility"), ("harmful", "harm")):
+        df = subspace_sweep(
+            wa,
+            dl.weight_delta(wa, fam[task]),
+            d_align,
+            fracs=(0.01, 0.25, 0.99),
+            methods=("topk",),
+            modes=("parallel",),
+            evaluate=score,
+            modules=blocks,
+            outside="task",
+            progress=False,
+        )
+        top = df[df.method == "topk"].sort_values("frac")
+        curves[task] = top[metric].tolist()
+        full = df[(df.method == "none") & (df["mode"] == "full")][metric].item()
+        ref = df[(df.method == "none") & (df["mode"] == "reference")][metric].item()
+        assert full > ref, (task, df)
+        assert top["energy_kept"].is_monotonic_increasing
+    # both behaviours grow with the fraction of the alignment subspace kept
+    assert curves["useful"][-1] > curves["useful"][0], curves
+    assert curves["harmful"][-1] > curves["harmful"][0], curves
