@@ -15,8 +15,9 @@ from deltalens.viz.attention import AttentionView, attention, attention_compare
 from deltalens.viz.base import FigureView, View
 from deltalens.viz.cli import add_report_arguments, report_from_results, report_main
 from deltalens.viz.report import Report
-from deltalens.viz.residual import activation_overlap, delta_norms, logit_lens, probe_accuracy
-from deltalens.viz.steering import energy_kept, patching, steering_sweep, weight_overlap
+from deltalens.viz.residual import activation_overlap, logit_lens, probe_accuracy
+from deltalens.viz.steering import energy_kept, patching, steering_sweep
+from deltalens.viz.weights import delta_norms, weight_overlap
 
 __all__ = [
     "AttentionView",

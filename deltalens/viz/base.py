@@ -1,11 +1,12 @@
-"""The view object every ``deltalens.viz`` function returns, and shared drawing helpers.
+"""The view object every ``deltalens.viz`` function returns, and the HTML it is written with.
 
 A view is data plus a way to draw it. It renders in Jupyter through ``_repr_html_`` without
 touching the network, saves to one self-contained HTML file with ``.save("x.html")``, and a
 picture view (a matplotlib PNG, embedded as a base64 data URI) also saves as ``.save("x.png")``.
 
 Element ids are derived from a hash of the content, so the same input always gives
-byte-identical HTML.
+byte-identical HTML. The table and drawing helpers the plot functions share are in
+:mod:`deltalens.viz.plots`.
 
 Example:
     >>> import pandas as pd
@@ -22,17 +23,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import io
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
 PAGE_CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0 auto;max-width:1180px;
@@ -199,247 +196,6 @@ def png_size(png: bytes) -> tuple[int, int]:
     if png[:8] != b"\x89PNG\r\n\x1a\n":
         raise ValueError("not PNG data")
     return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-
-
-# ---------------------------------------------------------------------------------------
-# matplotlib helpers (imported lazily)
-# ---------------------------------------------------------------------------------------
-def new_figure(
-    n_rows: int = 1, n_cols: int = 1, panel_size: tuple[float, float] = (4.6, 3.3)
-) -> tuple[Figure, Any]:
-    """A pyplot-free Agg figure and a 2-D array of axes."""
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(panel_size[0] * n_cols, panel_size[1] * n_rows), layout="constrained")
-    axes = np.atleast_2d(np.asarray(fig.subplots(n_rows, n_cols, squeeze=False)))
-    return fig, axes
-
-
-def figure_png(fig: Figure, dpi: int = 90) -> bytes:
-    """Render ``fig`` to PNG bytes with the Agg backend (no timestamp, so deterministic)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, facecolor="white")
-    return buf.getvalue()
-
-
-def figure_legend(fig: Figure, axes: Any) -> None:
-    """One legend for the whole figure, outside the panels on the right (labels deduplicated)."""
-    seen: dict[str, Any] = {}
-    for ax in axes.ravel():
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(label, handle)
-    if seen:
-        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8, frameon=False)
-
-
-def mpl_text(text: Any, limit: int = 18) -> str:
-    """Make a token or label safe for matplotlib (no mathtext, visible whitespace, bounded length)."""
-    s = str(text).replace("\n", "\\n").replace("\t", "\\t").replace("$", r"\$")
-    s = "".join(c if c.isprintable() else "?" for c in s)
-    if s.strip() == "" and s:
-        s = repr(s)[1:-1].replace(" ", "␣")
-    return s if len(s) <= limit else s[: limit - 1] + "…"
-
-
-class SeriesLog:
-    """Collects ``(panel, series, x, y)`` rows while a figure is drawn."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def add(self, panel: str, series: str, xs: Iterable[Any], ys: Iterable[Any]) -> None:
-        for x, y in zip(xs, ys):
-            self.rows.append({"panel": panel, "series": series, "x": _py(x), "y": _py(y)})
-
-    def frame(self) -> pd.DataFrame:
-        import pandas as pd
-
-        return pd.DataFrame(self.rows, columns=["panel", "series", "x", "y"])
-
-
-def _py(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
-
-
-# ---------------------------------------------------------------------------------------
-# table helpers shared by the plot functions
-# ---------------------------------------------------------------------------------------
-def require_columns(df: pd.DataFrame, columns: Iterable[str | None], what: str) -> None:
-    """Raise a clear ``KeyError`` if ``df`` lacks any of ``columns`` (``None`` entries ignored)."""
-    import difflib
-
-    missing = [c for c in columns if c is not None and c not in df.columns]
-    if missing:
-        hints = []
-        for c in missing:
-            close = difflib.get_close_matches(c, [str(x) for x in df.columns], n=2, cutoff=0.5)
-            hints.append(f"{c!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
-        raise KeyError(
-            f"{what}: the table has no column {', '.join(hints)}; its columns are {list(df.columns)}. "
-            "Pass the column names as keyword arguments."
-        )
-
-
-def as_frame(table: Any, what: str) -> pd.DataFrame:
-    """Accept a DataFrame (or anything ``pandas.DataFrame`` accepts) and check it is non-empty."""
-    import pandas as pd
-
-    df = table if isinstance(table, pd.DataFrame) else pd.DataFrame(table)
-    if df.empty:
-        raise ValueError(f"{what}: the table is empty")
-    return df
-
-
-def apply_select(df: pd.DataFrame, select: Mapping[str, Any] | None, what: str) -> pd.DataFrame:
-    """Keep the rows where each ``column == value`` (or ``column in [values]``)."""
-    if not select:
-        return df
-    require_columns(df, select, what)
-    for col, val in select.items():
-        if isinstance(val, list | tuple | set | frozenset):
-            df = df[df[col].isin(list(val))]
-        else:
-            df = df[df[col] == val]
-    if df.empty:
-        raise ValueError(f"{what}: no row matches select={dict(select)!r}")
-    return df
-
-
-def default_rows(
-    df: pd.DataFrame, select: Mapping[str, Any] | None, defaults: Mapping[str, Any]
-) -> tuple[pd.DataFrame, str]:
-    """Keep ``column == default`` for each column of ``defaults`` that varies and is not in ``select``.
-
-    Returns the rows and a caption note naming the choices (so nothing is averaged silently).
-    """
-    picked = []
-    for col, val in defaults.items():
-        if (select and col in select) or col not in df.columns or df[col].nunique(dropna=False) < 2:
-            continue
-        keep = df[col] == val
-        if keep.any():
-            df = df[keep]
-            picked.append(f"{col}={val}")
-    return df, (f"Showing {', '.join(picked)} (pass select={{...}} for others)." if picked else "")
-
-
-def auto_column(
-    df: pd.DataFrame, given: str | None, candidates: Sequence[str], varying: bool = False
-) -> str | None:
-    """Resolve a column argument: ``"auto"`` picks the first of ``candidates`` present (and, with
-    ``varying=True``, taking more than one value); ``None`` means no column; anything else is kept."""
-    if given != "auto":
-        return given
-    for c in candidates:
-        if c in df.columns and (not varying or df[c].nunique(dropna=False) > 1):
-            return c
-    return None
-
-
-def average_over_rest(
-    df: pd.DataFrame, keys: Sequence[str], values: Sequence[str]
-) -> tuple[pd.DataFrame, str]:
-    """Group by ``keys`` and average ``values``; say which other varying columns were averaged over."""
-    keys = [k for k in keys if k is not None]
-    other = [c for c in df.columns if c not in keys and c not in values and df[c].nunique(dropna=False) > 1]
-    counts = df.groupby(keys, dropna=False, sort=False).size()
-    note = ""
-    if (counts > 1).any():
-        note = (
-            f"Mean over {', '.join(other[:5])}{' ...' if len(other) > 5 else ''} "
-            "(pass select={...} to pick one)."
-            if other
-            else "Mean over repeated rows."
-        )
-    out = df.groupby(keys, dropna=False, sort=False)[list(values)].mean(numeric_only=True).reset_index()
-    return out, note
-
-
-_ORDER_KEYS = {  # rank within one column: methods, modes, then the stages / updates of a model family
-    "topk": 0, "top": 0, "randomk": 1, "random": 2, "none": 3,
-    "parallel": 0, "same": 0, "par": 0, "orthogonal": 1, "orth": 1, "reference": 2, "full": 3,
-    "w0": 0, "base": 0, "wa": 1, "aligned": 1, "alignment": 1, "deltaa": 1,
-    "useful": 2, "harmful": 3, "contaminated": 4, "safety": 5,
-}  # fmt: skip
-
-
-def ordered(values: Iterable[Any]) -> list[Any]:
-    """Unique values, known names (Top-K, RandomK, Random; parallel, orthogonal ...) first, then sorted."""
-    uniq = list(dict.fromkeys(v for v in values))
-
-    def key(v: Any) -> tuple[int, Any]:
-        norm = re.sub(r"[^a-z0-9]", "", str(v).lower())
-        return (_ORDER_KEYS.get(norm, 99), str(v))
-
-    try:
-        return sorted(uniq, key=key)
-    except TypeError:  # pragma: no cover - mixed types
-        return uniq
-
-
-def color_map(labels: Sequence[Any]) -> dict[Any, str]:
-    """A stable colour per label (tab10)."""
-    palette = [
-        "#1f77b4",
-        "#ff7f0e",
-        "#2ca02c",
-        "#d62728",
-        "#9467bd",
-        "#8c564b",
-        "#e377c2",
-        "#7f7f7f",
-        "#bcbd22",
-        "#17becf",
-    ]
-    return {lab: palette[i % len(palette)] for i, lab in enumerate(labels)}
-
-
-def pick_subset(values: Sequence[Any], limit: int) -> list[Any]:
-    """At most ``limit`` values, evenly spaced, keeping the first and last."""
-    values = list(values)
-    if len(values) <= limit:
-        return values
-    idx = sorted({round(i * (len(values) - 1) / (limit - 1)) for i in range(limit)})
-    return [values[i] for i in idx]
-
-
-def text_color(image: Any, value: float) -> str:
-    """Black or white, whichever reads better on ``image``'s colour for ``value``."""
-    import math
-
-    if value is None or not math.isfinite(value):
-        return "black"
-    r, g, b, _ = image.cmap(image.norm(value))
-    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
-
-
-def panel_name(row: str | None, rv: Any, col: str | None, cv: Any) -> str:
-    """``"row=value, col=value"`` for a small-multiples panel (parts without a column left out)."""
-
-    def part(c: str | None, v: Any) -> str:
-        if c is None:
-            return ""
-        return f"{c}={v:g}" if isinstance(v, float) else f"{c}={v}"
-
-    return ", ".join(p for p in (part(row, rv), part(col, cv)) if p)
-
-
-def style_axes(
-    ax: Axes, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None
-) -> None:
-    if title:
-        ax.set_title(mpl_text(title, 60), fontsize=10)
-    if xlabel:
-        ax.set_xlabel(mpl_text(xlabel, 40))
-    if ylabel:
-        ax.set_ylabel(mpl_text(ylabel, 40))
-    ax.grid(True, alpha=0.3)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
 
 
 def provenance_of(obj: Any) -> dict[str, Any] | None:

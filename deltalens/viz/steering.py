@@ -1,5 +1,8 @@
 """Subspace-steering views: utility / harmfulness against frac (the paper's Figures 2-3),
-E_k bars, weight-MSO heatmaps across update pairs, activation-patching heatmaps."""
+E_k bars, activation-patching heatmaps.
+
+The weight-MSO heatmaps across update pairs live in :mod:`deltalens.viz.weights` (still
+importable from here)."""
 
 from __future__ import annotations
 
@@ -7,25 +10,27 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from deltalens.viz.base import (
-    FigureView,
+from deltalens.viz.base import FigureView
+from deltalens.viz.plots import (
     SeriesLog,
     apply_select,
     as_frame,
     auto_column,
     average_over_rest,
     color_map,
+    facets,
     figure_legend,
-    figure_png,
+    figure_view,
+    heatmap,
+    levels,
     mpl_text,
     new_figure,
     ordered,
-    panel_name,
     pick_subset,
     require_columns,
     style_axes,
-    text_color,
 )
+from deltalens.viz.weights import weight_overlap as weight_overlap
 
 UTILITY_METRICS: tuple[str, ...] = ("utility", "accuracy", "exact_match")
 HARM_METRICS: tuple[str, ...] = ("harmfulness", "harm", "harm_score", "compliance_rate", "compliance")
@@ -55,6 +60,12 @@ def _references(
     import pandas as pd
 
     refs: dict[str, dict[str, float]] = {}
+
+    def merge(label: str, row: Mapping[str, Any]) -> None:
+        refs.setdefault(label, {}).update(
+            {m: float(row[m]) for m in metrics if m in row and pd.notna(row[m])}
+        )
+
     is_ref = df[x].isna()
     if is_ref.any():
         rows = df[is_ref]
@@ -64,16 +75,11 @@ def _references(
         unique = [c for c in cands if rows[c].nunique() == len(rows)]
         cols = unique[:1] or [c for c in cands if rows[c].nunique() > 1] or [method]
         for row in rows.to_dict("records"):
-            label = " / ".join(str(row[c]) for c in cols)
-            refs.setdefault(label, {}).update(
-                {m: float(row[m]) for m in metrics if m in row and pd.notna(row[m])}
-            )
+            merge(" / ".join(str(row[c]) for c in cols), row)
     if isinstance(references, pd.DataFrame):
         col = label_col if label_col in references.columns else references.columns[0]
         for row in references.to_dict("records"):
-            refs.setdefault(str(row[col]), {}).update(
-                {m: float(row[m]) for m in metrics if m in row and pd.notna(row[m])}
-            )
+            merge(str(row[col]), row)
     elif isinstance(references, Mapping):
         for lab, vals in references.items():
             if not isinstance(vals, Mapping):
@@ -162,9 +168,7 @@ def steering_sweep(
         raise ValueError(f"{what}: the table holds only reference rows (frac is NaN everywhere)")
     keys = [c for c in (mode, method, style, x) if c]
     agg, note = average_over_rest(df, keys, metrics)
-    modes = ordered(agg[mode]) if mode else [None]
-    methods = ordered(agg[method])
-    styles = ordered(agg[style]) if style else [None]
+    modes, methods, styles = levels(agg, mode), ordered(agg[method]), levels(agg, style)
     colors = color_map(methods)
     dashes = dict(zip(styles, ["-", "--", ":", "-."] * 4))
     markers = dict(zip(methods, ["o", "s", "^", "D", "v", "P"] * 3))
@@ -201,23 +205,8 @@ def steering_sweep(
                     log.add(panel, f"ref: {lab}", [math.nan], [vals[metric]])
             style_axes(ax, panel, x, metric)
     figure_legend(fig, axes)
-    return FigureView(
-        kind="steering_sweep",
-        title=title,
-        data=df,
-        caption=note,
-        params={
-            "metrics": metrics,
-            "x": x,
-            "method": method,
-            "mode": mode,
-            "style": style,
-            "references": refs,
-            "select": dict(select or {}),
-        },
-        png=figure_png(fig),
-        series=log.frame(),
-    )
+    params = {"metrics": metrics, "x": x, "method": method, "mode": mode, "style": style, "references": refs}
+    return figure_view("steering_sweep", title, df, note, fig, log, {**params, "select": dict(select or {})})
 
 
 def energy_kept(
@@ -266,204 +255,33 @@ def energy_kept(
     if df.empty:
         raise ValueError(f"{what}: no row has both {x!r} and {y!r}")
     agg, note = average_over_rest(df, [c for c in (mode, method, hue, x) if c], [y])
-    modes = ordered(agg[mode]) if mode else [None]
-    methods = ordered(agg[method]) if method else [None]
-    hues = ordered(agg[hue]) if hue else [None]
+    modes, methods, hues = levels(agg, mode), levels(agg, method), levels(agg, hue)
     colors = color_map(hues)
     fracs = sorted(agg[x].unique())
     fig, axes = new_figure(len(modes), len(methods), (4.0, 3.0))
     log = SeriesLog()
     width = 0.8 / len(hues)
-    for i, md in enumerate(modes):
-        for j, mt in enumerate(methods):
-            ax = axes[i, j]
-            sub = agg
-            if md is not None:
-                sub = sub[sub[mode] == md]
-            if mt is not None:
-                sub = sub[sub[method] == mt]
-            panel = ": ".join(str(v) for v in (md, mt) if v is not None) or y
-            for k, hv in enumerate(hues):
-                s = sub if hv is None else sub[sub[hue] == hv]
-                s = s.set_index(x).reindex(fracs)
-                label = y if hv is None else str(hv)
-                ax.bar(
-                    np.arange(len(fracs)) + (k - (len(hues) - 1) / 2) * width,
-                    s[y].to_numpy(),
-                    width=width,
-                    color=colors[hv],
-                    label=mpl_text(label, 24),
-                )
-                log.add(panel, label, fracs, s[y].to_numpy())
-            ax.set_xticks(np.arange(len(fracs)), [f"{f:g}" for f in fracs])
-            ax.set_ylim(0, 1.02)
-            style_axes(ax, panel, x, "E_k")
+    for ax, sub, md, mt in facets(agg, axes, mode, modes, method, methods):
+        panel = ": ".join(str(v) for v in (md, mt) if v is not None) or y
+        for k, hv in enumerate(hues):
+            s = sub if hv is None else sub[sub[hue] == hv]
+            s = s.set_index(x).reindex(fracs)
+            label = y if hv is None else str(hv)
+            ax.bar(
+                np.arange(len(fracs)) + (k - (len(hues) - 1) / 2) * width,
+                s[y].to_numpy(),
+                width=width,
+                color=colors[hv],
+                label=mpl_text(label, 24),
+            )
+            log.add(panel, label, fracs, s[y].to_numpy())
+        ax.set_xticks(np.arange(len(fracs)), [f"{f:g}" for f in fracs])
+        ax.set_ylim(0, 1.02)
+        style_axes(ax, panel, x, "E_k")
     if hue:
         figure_legend(fig, axes)
-    return FigureView(
-        kind="energy_kept",
-        title=title,
-        data=df,
-        caption=note,
-        params={"x": x, "y": y, "hue": hue, "method": method, "mode": mode, "select": dict(select or {})},
-        png=figure_png(fig),
-        series=log.frame(),
-    )
-
-
-def _heatmap(
-    ax: Any,
-    grid: Any,
-    rows: list[str],
-    cols: list[str],
-    *,
-    cmap: str,
-    vmin: float,
-    vmax: float,
-    annot: list[list[str]] | None = None,
-    fontsize: int = 8,
-) -> Any:
-
-    im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-    ax.set_xticks(
-        range(len(cols)),
-        [mpl_text(c, 14) for c in cols],
-        rotation=45 if len(cols) > 4 else 0,
-        ha="right" if len(cols) > 4 else "center",
-        fontsize=fontsize,
-    )
-    ax.set_yticks(range(len(rows)), [mpl_text(r, 18) for r in rows], fontsize=fontsize)
-    if annot is not None:
-        for i in range(len(rows)):
-            for j in range(len(cols)):
-                if annot[i][j]:
-                    color = text_color(im, grid[i, j])
-                    ax.text(j, i, annot[i][j], ha="center", va="center", fontsize=fontsize - 1, color=color)
-    return im
-
-
-def weight_overlap(
-    table: Any,
-    *,
-    a: str = "auto",
-    b: str = "auto",
-    value: str = "mso",
-    baseline: str | None = "auto",
-    col: str | None = "auto",
-    row: str | None = "auto",
-    select: Mapping[str, Any] | None = None,
-    max_panels: int = 4,
-    title: str = "Weight-update subspace overlap (MSO)",
-) -> FigureView:
-    """Symmetric heatmaps of mean MSO between update pairs (useful, harmful, contaminated, Δ_A).
-
-    Args:
-        table: tidy table, one row per (tensor, pair, η): the pair (``update_a``/``update_b`` or
-            ``a``/``b``), ``mso``, a random baseline (``mso_random`` or ``baseline``) and optionally
-            ``energy_frac``/``eta``, ``embeddings`` (``included``/``excluded``), ``tensor``. Values
-            are averaged over tensors (and any other varying column; the caption says which).
-        a, b: the pair columns (``"auto"``: ``update_a``/``update_b``, else ``a``/``b``).
-        value: the MSO column.
-        baseline: the random-baseline column (``"auto"`` detects it; ``None`` omits it).
-        col: one heatmap per value (``"auto"``: ``energy_frac`` or ``eta``), at most
-            ``max_panels`` evenly spaced values.
-        row: one row of heatmaps per value (``"auto"``: ``embeddings`` if it varies).
-        select: keep rows where ``column == value`` (e.g. ``{"eta": [0.5, 0.9]}``).
-        title: heading.
-
-    Returns:
-        A :class:`FigureView`; cells read "MSO (random baseline)"; ``.series``: ``panel`` =
-        ``"{row}=…, {col}=…"``, ``series`` = row update, ``x`` = column update, ``y`` = mean MSO.
-
-    Example:
-        >>> viz.weight_overlap(mso_df, select={"embeddings": "excluded"})
-    """
-    import numpy as np
-
-    what = "viz.weight_overlap"
-    df = apply_select(as_frame(table, what), select, what)
-    a = auto_column(df, a, ("update_a", "a")) or "update_a"
-    b = auto_column(df, b, ("update_b", "b")) or "update_b"
-    baseline = auto_column(df, baseline, ("mso_random", "baseline"))
-    col = auto_column(df, col, ("energy_frac", "eta"), varying=True)
-    row = auto_column(df, row, ("embeddings",), varying=True)
-    require_columns(df, [a, b, value, baseline, col, row], what)
-    agg, note = average_over_rest(
-        df, [c for c in (row, col, a, b) if c], [value] + ([baseline] if baseline else [])
-    )
-    rows = ordered(agg[row]) if row else [None]
-    cols = ordered(agg[col]) if col else [None]
-    if len(cols) > max_panels:
-        kept = pick_subset(sorted(cols), max_panels)
-        note = (note + f" Showing {col} in {kept} of {len(cols)} values.").strip()
-        cols = kept
-    labels = ordered(list(agg[a]) + list(agg[b]))
-    n = len(labels)
-    side = max(3.2, 1.2 + 0.9 * n)
-    fig, axes = new_figure(len(rows), len(cols), (side + 0.6, side))
-    log = SeriesLog()
-    im = None
-    for ri, rv in enumerate(rows):
-        for ci, cv in enumerate(cols):
-            ax = axes[ri, ci]
-            sub = agg
-            if row:
-                sub = sub[sub[row] == rv]
-            if col:
-                sub = sub[sub[col] == cv]
-            grid = np.full((n, n), np.nan)
-            base = np.full((n, n), np.nan)
-            for r in sub.itertuples(index=False):
-                rec = r._asdict()
-                i, j = labels.index(rec[a]), labels.index(rec[b])
-                for p, q in ((i, j), (j, i)):
-                    grid[p, q] = rec[value]
-                    if baseline:
-                        base[p, q] = rec[baseline]
-            annot = [
-                [
-                    ""
-                    if not np.isfinite(grid[i, j])
-                    else f"{grid[i, j]:.2f}" + (f"\n({base[i, j]:.2f})" if np.isfinite(base[i, j]) else "")
-                    for j in range(n)
-                ]
-                for i in range(n)
-            ]
-            im = _heatmap(
-                ax,
-                grid,
-                [str(x) for x in labels],
-                [str(x) for x in labels],
-                cmap="viridis",
-                vmin=0,
-                vmax=1,
-                annot=annot,
-            )
-            pname = panel_name(row, rv, col, cv)
-            ax.set_title(mpl_text(pname or value, 50), fontsize=10)
-            for i in range(n):
-                log.add(pname, str(labels[i]), [str(x) for x in labels], grid[i])
-    if im is not None:
-        fig.colorbar(
-            im, ax=axes.ravel().tolist(), shrink=0.8, label=value + (" (random baseline)" if baseline else "")
-        )
-    return FigureView(
-        kind="weight_overlap",
-        title=title,
-        data=df,
-        caption=note,
-        params={
-            "a": a,
-            "b": b,
-            "value": value,
-            "baseline": baseline,
-            "col": col,
-            "row": row,
-            "select": dict(select or {}),
-        },
-        png=figure_png(fig),
-        series=log.frame(),
-    )
+    params = {"x": x, "y": y, "hue": hue, "method": method, "mode": mode, "select": dict(select or {})}
+    return figure_view("energy_kept", title, df, note, fig, log, params)
 
 
 def patching(
@@ -508,7 +326,7 @@ def patching(
     facet = auto_column(df, facet, ("hook", "component"), varying=True)
     require_columns(df, [facet], what)
     agg, note = average_over_rest(df, [c for c in (facet, layer, position) if c], [value])
-    panels = ordered(agg[facet]) if facet else [None]
+    panels = levels(agg, facet)
     if len(panels) > max_panels:
         panels = pick_subset(panels, max_panels)
         note = (note + f" Showing {facet} in {panels}.").strip()
@@ -535,7 +353,7 @@ def patching(
         annot = None
         if len(layers) * len(positions) <= 160:
             annot = [["" if not np.isfinite(v) else f"{v:.2f}" for v in row] for row in grid]
-        im = _heatmap(
+        im = heatmap(
             ax,
             grid,
             [str(x) for x in layers],
@@ -552,22 +370,14 @@ def patching(
         pname = "" if pv is None else f"{facet}={pv}"
         if pname:
             ax.set_title(mpl_text(pname, 40), fontsize=10)
-        for i, lay in enumerate(layers):
-            log.add(pname, f"layer {lay}", positions, grid[i])
+        log.add_rows(pname, [f"layer {lay}" for lay in layers], positions, grid)
     if im is not None:
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=value)
-    return FigureView(
-        kind="patching",
-        title=title,
-        data=df,
-        caption=note,
-        params={
-            "layer": layer,
-            "position": position,
-            "value": value,
-            "facet": facet,
-            "select": dict(select or {}),
-        },
-        png=figure_png(fig),
-        series=log.frame(),
-    )
+    params = {
+        "layer": layer,
+        "position": position,
+        "value": value,
+        "facet": facet,
+        "select": dict(select or {}),
+    }
+    return figure_view("patching", title, df, note, fig, log, params)

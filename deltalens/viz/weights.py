@@ -1,0 +1,296 @@
+"""Weight-space views: the norm of ΔW per layer and module, and the subspace overlap (MSO)
+between weight updates."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from deltalens.viz.base import FigureView
+from deltalens.viz.plots import (
+    SeriesLog,
+    apply_select,
+    as_frame,
+    auto_column,
+    average_over_rest,
+    color_map,
+    facets,
+    figure_view,
+    heatmap,
+    levels,
+    mpl_text,
+    new_figure,
+    ordered,
+    panel_name,
+    panel_values,
+    require_columns,
+    style_axes,
+)
+
+# ---------------------------------------------------------------------------------------
+# ΔW norms per layer and module
+# ---------------------------------------------------------------------------------------
+_LAYER_PARAM = re.compile(r"^(?:.*\.)?(?:layers|h|blocks|layer)\.(\d+)\.(.+)$")
+
+
+def split_param_name(name: str) -> tuple[int | None, str]:
+    """``model.layers.3.self_attn.q_proj.weight`` -> ``(3, "self_attn.q_proj")``.
+
+    Biases keep a ``.bias`` suffix; tensors outside the blocks (embeddings, final norm,
+    unembedding) give ``(None, name without ".weight")``.
+    """
+    m = _LAYER_PARAM.match(name)
+    layer, rest = (int(m.group(1)), m.group(2)) if m else (None, name)
+    if rest.endswith(".weight"):
+        rest = rest[: -len(".weight")]
+    rest = re.sub(r"^(?:base_model\.model\.)?(?:model\.|transformer\.)", "", rest) if layer is None else rest
+    return layer, rest
+
+
+def delta_norm_table(
+    delta: Mapping[str, Any], reference: Mapping[str, Any] | None = None, update: str = "ΔW"
+):
+    """A tidy table of ``‖ΔW‖_F`` per tensor: ``update, name, layer, module, numel, norm, rel_norm``."""
+    import pandas as pd
+    import torch
+
+    rows = []
+    for name in delta:
+        t = delta[name]
+        norm = (
+            float(torch.linalg.vector_norm(t.detach().float())) if isinstance(t, torch.Tensor) else float(t)
+        )
+        numel = int(t.numel()) if isinstance(t, torch.Tensor) else None
+        rel = math.nan
+        if reference is not None and name in reference:
+            ref = float(torch.linalg.vector_norm(reference[name].detach().float()))
+            rel = norm / ref if ref > 0 else math.nan
+        layer, module = split_param_name(name)
+        rows.append(
+            {
+                "update": update,
+                "name": name,
+                "layer": layer,
+                "module": module,
+                "numel": numel,
+                "norm": norm,
+                "rel_norm": rel,
+            }
+        )
+    if not rows:
+        raise ValueError("the delta holds no tensor")
+    return pd.DataFrame(rows).astype({"layer": "Int64"})
+
+
+def delta_norms(
+    delta: Any,
+    *,
+    reference: Mapping[str, Any] | None = None,
+    value: str | None = None,
+    title: str = "‖ΔW‖ per layer and module",
+) -> FigureView:
+    """Heatmaps of the Frobenius norm of ΔW per (module, layer), plus bars for non-block tensors.
+
+    Args:
+        delta: a ``Mapping[str, Tensor]`` of ΔW (e.g. a ``WeightDelta``), several of them as
+            ``{update label: mapping}`` (one panel each, shared colour scale), or a tidy table with
+            columns ``name, norm`` (and optionally ``update``, ``rel_norm``).
+        reference: the weights ΔW is relative to (e.g. ``model.state_dict()``); adds ``rel_norm``
+            = ‖ΔW‖ / ‖W‖ and plots it.
+        value: ``"norm"`` or ``"rel_norm"`` (default: ``rel_norm`` when a reference is given).
+        title: heading.
+
+    Returns:
+        A :class:`FigureView`; ``.data`` has columns ``update, name, layer, module, numel, norm,
+        rel_norm``; heatmap cells are in ``.series`` (``series`` = module, ``x`` = layer).
+
+    Example:
+        >>> useful, harmful = dl.weight_delta(aligned, useful_ft), dl.weight_delta(aligned, harmful_ft)
+        >>> viz.delta_norms({"useful": useful, "harmful": harmful}, reference=aligned.state_dict())
+    """
+    import pandas as pd
+
+    if isinstance(delta, pd.DataFrame):
+        require_columns(delta, ["name", "norm"], "viz.delta_norms")
+        data = delta.copy()
+        parsed = [split_param_name(n) for n in data["name"]]
+        if "layer" not in data:
+            data["layer"] = pd.array([p[0] for p in parsed], dtype="Int64")
+        if "module" not in data:
+            data["module"] = [p[1] for p in parsed]
+        if "update" not in data:
+            data["update"] = "ΔW"
+        if "rel_norm" not in data:
+            data["rel_norm"] = math.nan
+    elif isinstance(delta, Mapping) and delta and all(isinstance(v, Mapping) for v in delta.values()):
+        data = pd.concat(
+            [delta_norm_table(d, reference, str(k)) for k, d in delta.items()], ignore_index=True
+        )
+    elif isinstance(delta, Mapping):
+        data = delta_norm_table(delta, reference)
+    else:
+        raise TypeError(
+            "delta_norms takes a Mapping[str, Tensor], a dict of them, or a DataFrame; "
+            f"got {type(delta).__name__}"
+        )
+    value = value or ("rel_norm" if data["rel_norm"].notna().any() else "norm")
+    if value not in ("norm", "rel_norm"):
+        raise ValueError(f"value must be 'norm' or 'rel_norm', got {value!r}")
+    fig, log = _norms_picture(data, value, title)
+    caption = "Colour: " + ("‖ΔW‖_F / ‖W‖_F" if value == "rel_norm" else "‖ΔW‖_F") + " per tensor."
+    return figure_view("delta_norms", title, data, caption, fig, log, {"value": value})
+
+
+def _norms_picture(data: Any, value: str, title: str) -> tuple[Any, SeriesLog]:
+    import numpy as np
+
+    updates = list(dict.fromkeys(data["update"]))
+    blocks = data[data["layer"].notna()]
+    other = data[data["layer"].isna()]
+    modules = list(dict.fromkeys(blocks["module"])) if not blocks.empty else []
+    layers = sorted(int(x) for x in blocks["layer"].dropna().unique())
+    vmax = float(np.nanmax(blocks[value])) if not blocks.empty else 1.0
+    n_cols = len(updates) + (1 if not other.empty else 0)
+    fig, axes = new_figure(
+        1, n_cols, (max(3.6, 1.6 + 0.35 * len(layers)), max(3.0, 0.9 + 0.3 * len(modules)))
+    )
+    log = SeriesLog()
+    im = None
+    for k, upd in enumerate(updates):
+        ax = axes[0, k]
+        sub = blocks[blocks["update"] == upd]
+        grid = np.full((len(modules), len(layers)), np.nan)
+        for r in sub.itertuples():
+            grid[modules.index(r.module), layers.index(int(r.layer))] = getattr(r, value)
+        log.add_rows(str(upd), modules, layers, grid)
+        im = heatmap(
+            ax,
+            grid,
+            modules if k == 0 else [""] * len(modules),
+            [str(x) for x in layers],
+            cmap="viridis",
+            vmin=0,
+            vmax=vmax or 1.0,
+            fontsize=7,
+            rotate=False,
+            limits=(28, 14),
+        )
+        ax.set_xlabel("layer")
+        ax.set_title(mpl_text(upd, 40), fontsize=10)
+    if im is not None and layers:
+        fig.colorbar(im, ax=axes[0, : len(updates)].tolist(), shrink=0.8, label=value)
+    if not other.empty:
+        ax = axes[0, -1]
+        names = list(dict.fromkeys(other["module"]))
+        colors = color_map(updates)
+        width = 0.8 / len(updates)
+        for k, upd in enumerate(updates):
+            sub = other[other["update"] == upd].set_index("module").reindex(names)
+            ax.barh(
+                np.arange(len(names)) + k * width,
+                sub[value],
+                height=width,
+                color=colors[upd],
+                label=mpl_text(upd, 30),
+            )
+            log.add("outside blocks", str(upd), names, sub[value])
+        ax.invert_yaxis()
+        ax.set_yticks(np.arange(len(names)) + 0.4 - width / 2, [mpl_text(n, 24) for n in names], fontsize=7)
+        style_axes(ax, "outside blocks", value)
+        if len(updates) > 1:
+            ax.legend(fontsize=7, frameon=False)
+    return fig, log
+
+
+# ---------------------------------------------------------------------------------------
+# subspace overlap between weight updates
+# ---------------------------------------------------------------------------------------
+def weight_overlap(
+    table: Any,
+    *,
+    a: str = "auto",
+    b: str = "auto",
+    value: str = "mso",
+    baseline: str | None = "auto",
+    col: str | None = "auto",
+    row: str | None = "auto",
+    select: Mapping[str, Any] | None = None,
+    max_panels: int = 4,
+    title: str = "Weight-update subspace overlap (MSO)",
+) -> FigureView:
+    """Symmetric heatmaps of mean MSO between update pairs (useful, harmful, contaminated, Δ_A).
+
+    Args:
+        table: tidy table, one row per (tensor, pair, η): the pair (``update_a``/``update_b`` or
+            ``a``/``b``), ``mso``, a random baseline (``mso_random`` or ``baseline``) and optionally
+            ``energy_frac``/``eta``, ``embeddings`` (``included``/``excluded``), ``tensor``. Values
+            are averaged over tensors (and any other varying column; the caption says which).
+        a, b: the pair columns (``"auto"``: ``update_a``/``update_b``, else ``a``/``b``).
+        value: the MSO column.
+        baseline: the random-baseline column (``"auto"`` detects it; ``None`` omits it).
+        col: one heatmap per value (``"auto"``: ``energy_frac`` or ``eta``), at most
+            ``max_panels`` evenly spaced values.
+        row: one row of heatmaps per value (``"auto"``: ``embeddings`` if it varies).
+        select: keep rows where ``column == value`` (e.g. ``{"eta": [0.5, 0.9]}``).
+        title: heading.
+
+    Returns:
+        A :class:`FigureView`; cells read "MSO (random baseline)"; ``.series``: ``panel`` =
+        ``"{row}=…, {col}=…"``, ``series`` = row update, ``x`` = column update, ``y`` = mean MSO.
+
+    Example:
+        >>> viz.weight_overlap(mso_df, select={"embeddings": "excluded"})
+    """
+    import numpy as np
+
+    what = "viz.weight_overlap"
+    df = apply_select(as_frame(table, what), select, what)
+    a = auto_column(df, a, ("update_a", "a")) or "update_a"
+    b = auto_column(df, b, ("update_b", "b")) or "update_b"
+    baseline = auto_column(df, baseline, ("mso_random", "baseline"))
+    col = auto_column(df, col, ("energy_frac", "eta"), varying=True)
+    row = auto_column(df, row, ("embeddings",), varying=True)
+    require_columns(df, [a, b, value, baseline, col, row], what)
+    agg, note = average_over_rest(
+        df, [c for c in (row, col, a, b) if c], [value] + ([baseline] if baseline else [])
+    )
+    rows = levels(agg, row)
+    cols, note = panel_values(agg, col, max_panels, note)
+    labels = ordered(list(agg[a]) + list(agg[b]))
+    n = len(labels)
+    side = max(3.2, 1.2 + 0.9 * n)
+    fig, axes = new_figure(len(rows), len(cols), (side + 0.6, side))
+    log = SeriesLog()
+    im = None
+    names = [str(x) for x in labels]
+    for ax, sub, rv, cv in facets(agg, axes, row, rows, col, cols):
+        grid = np.full((n, n), np.nan)
+        base = np.full((n, n), np.nan)
+        for r in sub.itertuples(index=False):
+            rec = r._asdict()
+            i, j = labels.index(rec[a]), labels.index(rec[b])
+            for p, q in ((i, j), (j, i)):
+                grid[p, q] = rec[value]
+                if baseline:
+                    base[p, q] = rec[baseline]
+        annot = [
+            [
+                ""
+                if not np.isfinite(grid[i, j])
+                else f"{grid[i, j]:.2f}" + (f"\n({base[i, j]:.2f})" if np.isfinite(base[i, j]) else "")
+                for j in range(n)
+            ]
+            for i in range(n)
+        ]
+        im = heatmap(ax, grid, names, names, cmap="viridis", vmin=0, vmax=1, annot=annot)
+        pname = panel_name(row, rv, col, cv)
+        ax.set_title(mpl_text(pname or value, 50), fontsize=10)
+        log.add_rows(pname, names, names, grid)
+    if im is not None:
+        fig.colorbar(
+            im, ax=axes.ravel().tolist(), shrink=0.8, label=value + (" (random baseline)" if baseline else "")
+        )
+    params = {"a": a, "b": b, "value": value, "baseline": baseline, "col": col, "row": row}
+    return figure_view("weight_overlap", title, df, note, fig, log, {**params, "select": dict(select or {})})
