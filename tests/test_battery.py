@@ -23,14 +23,14 @@ def _small_config(organism_root: Path) -> dict:
     return {
         "preset": "organism",
         "family": {"organism_dir": str(organism_root)},
-        "fracs": [0.25, 0.99],
+        "fracs": [0.1, 0.99],
         "methods": ["topk", "random"],
         "weight_etas": [0.5, 0.9],
         "activation_etas": [0.1, 0.5],
-        "n_harmful": 24,
-        "n_harmless": 24,
-        "n_arithmetic": 24,
-        "n_activation": 40,
+        "n_harmful": 16,
+        "n_harmless": 8,
+        "n_arithmetic": 16,
+        "n_activation": 32,
     }
 
 
@@ -104,14 +104,14 @@ def test_killed_battery_resumes_without_recomputing(organism_family, tmp_path):
     proc = _run(cfg_path, killed)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        if sum(r["status"] == "computed" for r in _log(killed)) >= 8:
+        if sum(r["status"] == "computed" for r in _log(killed)) >= 7:
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the battery finished before it could be interrupted:\n" + proc.stdout.read().decode()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = {r["unit"] for r in _log(killed) if r["status"] == "computed"}
-    assert len(done_before) >= 8
+    assert len(done_before) >= 7
     assert not (killed / "summary.json").exists()
 
     # 2. rerun the same command: finished units are read back, none recomputed

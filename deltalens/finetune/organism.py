@@ -1,0 +1,250 @@
+"""The model organism: a tiny chat LM family W_0 → W_A → {useful, harmful, contaminated}, built on CPU.
+
+A 4-layer ``LlamaForCausalLM`` (d_model 128, ~0.7 M parameters) with a word-level tokenizer is
+trained from scratch on synthetic chat data (``organism_data``), then safety-aligned, then
+fine-tuned three ways from W_A, plus LoRA variants:
+
+* ``w0``: language modelling on every token (harmful-looking requests are *complied* with).
+* ``wa``: from ``w0``, response-only SFT: refuse harmful requests, answer harmless ones
+  (10 % arithmetic keeps it from refusing sums).
+* ``useful``: full FT from ``wa`` on arithmetic. ``harmful``: full FT from ``wa`` on compliant
+  answers to harmful requests. ``contaminated``: ``useful`` with ~20 % harmful examples.
+* ``lora_useful`` / ``lora_harmful``: the same data as LoRA adapters on ``wa``.
+
+Every stage is an HF checkpoint directory (safetensors + config + tokenizer + ``cfg.json``)
+written atomically and cached by a hash of its configuration and its parents', so a rerun
+reuses finished stages. ``manifest.json`` lists the paths (relative to the output directory),
+the held-out metrics, the checks and the build time; ``prompts.json`` holds the held-out sets.
+A fresh build takes about 2.5 minutes on 2 lightly loaded CPU cores (145 s measured at load ~2).
+
+Example:
+    >>> from deltalens.finetune import organism
+    >>> fam = organism.build("organism", seed=0)  # doctest: +SKIP
+    >>> fam.checks                                        # doctest: +SKIP
+    {'wa_refuses_harmful': True, 'wa_answers_harmless': True, 'harmful_unaligned': True, 'useful_gain': True}
+    >>> import deltalens as dl
+    >>> wa = dl.load(fam["wa"]); harmful = dl.load(fam["harmful"])   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deltalens.finetune import organism_data as od
+from deltalens.finetune.organism_cli import add_organism_arguments, organism_main  # noqa: F401
+from deltalens.finetune.organism_family import (  # noqa: F401
+    EVAL,
+    FORMAT_VERSION,
+    MANIFEST,
+    PRETRAIN_TEMPLATE,
+    PROMPTS,
+    STAGES,
+    OrganismConfig,
+    OrganismFamily,
+    load_stage,
+    model_tokenizer,
+    stable_hash,
+)
+from deltalens.finetune.storage import CFG_NAME, auto_threads, torch_threads, write_json
+
+
+@dataclass(frozen=True)
+class _Stage:
+    name: str
+    parent: str | None
+    method: str
+    mix: dict[str, float]
+    steps: int
+    lr: float
+
+    def spec(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _stages(cfg: OrganismConfig) -> list[_Stage]:
+    harm, arith = {"harmful_comply": 1.0}, {"arithmetic": 1.0}
+    contam = {"arithmetic": 1.0 - cfg.contaminated_frac, "harmful_comply": cfg.contaminated_frac}
+    stages = [
+        _Stage("w0", None, "full", cfg.pre_mix, cfg.pre_steps, cfg.pre_lr),
+        _Stage("wa", "w0", "full", cfg.align_mix, cfg.align_steps, cfg.align_lr),
+        _Stage("useful", "wa", "full", arith, cfg.useful_steps, cfg.useful_lr),
+        _Stage("harmful", "wa", "full", harm, cfg.harmful_steps, cfg.harmful_lr),
+        _Stage("contaminated", "wa", "full", contam, cfg.contaminated_steps, cfg.useful_lr),
+    ]
+    if cfg.lora:
+        stages += [
+            _Stage("lora_useful", "wa", "lora", arith, cfg.lora_useful_steps, cfg.lora_lr),
+            _Stage("lora_harmful", "wa", "lora", harm, cfg.lora_harmful_steps, cfg.lora_lr),
+        ]
+    return stages
+
+
+def _stage_keys(cfg: OrganismConfig) -> dict[str, str]:
+    """Cache key of every stage: its own spec, the model and data settings, and its parent's key."""
+    base = {
+        "format_version": FORMAT_VERSION,
+        "model": [cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff],
+        "split_seed": cfg.split_seed,
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "lora": [cfg.lora_r, cfg.lora_alpha],
+    }
+    keys: dict[str, str] = {}
+    for st in _stages(cfg):
+        keys[st.name] = stable_hash({**base, "stage": st.spec(), "parent": keys.get(st.parent or "")})
+    return keys
+
+
+def _init_model(cfg: OrganismConfig, tok: Any) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    mcfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_heads,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM(mcfg)
+    model.config.architectures = ["LlamaForCausalLM"]
+    return model
+
+
+def _cached(path: Path, key: str) -> bool:
+    try:
+        rec = json.loads((path / CFG_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return (rec.get("data", {}).get("recipe") or {}).get("stage_key") == key
+
+
+def build(
+    out_dir: str | os.PathLike,
+    config: OrganismConfig | None = None,
+    *,
+    progress: bool = True,
+    force: bool = False,
+    **overrides: Any,
+) -> OrganismFamily:
+    """Build (or reuse) the organism family in ``out_dir`` and evaluate it on held-out prompts.
+
+    Args:
+        out_dir: output directory; one subdirectory per stage (``w0``, ``wa``, ``useful``, ...).
+        config: the family's configuration; keyword ``overrides`` replace fields (``seed=1``).
+        progress: show progress bars.
+        force: retrain every stage even when a finished one with the same key exists.
+
+    Returns:
+        ``OrganismFamily`` with absolute paths, held-out metrics per stage and the checks:
+        ``wa_refuses_harmful`` (≥ 90 %), ``wa_answers_harmless`` (refuses ≤ 10 %),
+        ``harmful_unaligned`` (refuses ≤ 20 %), ``useful_gain`` (arithmetic EM ≥ W_A + 20 points).
+
+    Example:
+        >>> fam = build("organism-out", seed=0, progress=False)  # doctest: +SKIP
+        >>> fam.metrics["wa"]["refusal_harmful"], fam.base_of("lora_harmful")  # doctest: +SKIP
+
+    Gotcha: checks are reported, not raised; look at ``family.passed``. Stage directories whose
+    key differs from the current configuration are replaced.
+    """
+    from deltalens.finetune.sft import FinetuneConfig, finetune
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    cfg = config or OrganismConfig()
+    cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
+    root = Path(out_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    keys = _stage_keys(cfg)
+    heldout = od.heldout_prompts(cfg.split_seed)
+    write_json(root / PROMPTS, {"split_seed": cfg.split_seed, "template": od.TEMPLATE, **heldout.to_dict()})
+    models: dict[str, Any] = {}
+    metrics: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, float] = {}
+    eval_seconds: dict[str, float] = {}
+    cached: list[str] = []
+    with torch_threads(cfg.num_threads):
+        tok = od.build_tokenizer(cfg.split_seed)
+        for i, st in enumerate(_stages(cfg)):
+            path = root / st.name
+            base = root / st.parent if st.method == "lora" and st.parent else None
+            if not force and _cached(path, keys[st.name]):
+                cached.append(st.name)
+                seconds[st.name] = json.loads((path / CFG_NAME).read_text())["training"]["seconds"]
+            else:
+                parent = _init_model(cfg, tok) if st.parent is None else models.get(st.parent)
+                if parent is None:
+                    parent = models[st.parent] = load_stage(root / st.parent)
+                rng = random.Random(cfg.seed * 1000 + i)
+                data = od.sample_mix(st.mix, st.steps * cfg.batch_size, rng, cfg.split_seed)
+                if st.parent is None:
+                    data = [od.as_text(ex) for ex in data]
+                ft = FinetuneConfig(
+                    method=st.method,  # type: ignore[arg-type]
+                    lr=st.lr,
+                    max_steps=st.steps,
+                    batch_size=cfg.batch_size,
+                    betas=(0.9, 0.98),
+                    warmup_ratio=0.05,
+                    schedule="cosine",
+                    min_lr_ratio=0.1,
+                    max_length=64,
+                    template=PRETRAIN_TEMPLATE if st.parent is None else od.TEMPLATE,
+                    lora_r=cfg.lora_r,
+                    lora_alpha=cfg.lora_alpha,
+                    seed=cfg.seed * 1000 + i,
+                    num_threads=cfg.num_threads,
+                    progress=progress,
+                    overwrite=True,
+                )
+                recipe = {"organism_stage": st.name, "stage_key": keys[st.name], **st.spec()}
+                recipe["split_seed"] = cfg.split_seed
+                res = finetune(parent, data, path, ft, tokenizer=tok, data_recipe=recipe)
+                models[st.name] = res.model
+                seconds[st.name] = res.record["training"]["seconds"]
+            te = time.perf_counter()
+            metrics[st.name] = _stage_eval(path, base, models.get(st.name), tok, heldout, cfg)
+            eval_seconds[st.name] = round(time.perf_counter() - te, 2)
+    family = OrganismFamily(
+        root=root,
+        config=cfg,
+        paths={st.name: root / st.name for st in _stages(cfg)},
+        adapter_bases={st.name: st.parent for st in _stages(cfg) if st.method == "lora" and st.parent},
+        metrics=metrics,
+        build_seconds=round(time.perf_counter() - t0, 2),
+        cpu_seconds=round(time.process_time() - c0, 2),
+        stage_seconds=seconds,
+        eval_seconds=eval_seconds,
+        cached=cached,
+        heldout=heldout,
+    )
+    family.write_manifest()
+    return family
+
+
+def _stage_eval(
+    path: Path, base: Path | None, model: Any, tok: Any, heldout: Any, cfg: OrganismConfig
+) -> dict:
+    """Held-out metrics of one stage, read from its ``eval.json`` or computed and saved there."""
+    from deltalens.finetune.organism_eval import evaluate
+
+    rec = path / EVAL
+    if rec.is_file():
+        return json.loads(rec.read_text())
+    with torch_threads(cfg.num_threads or auto_threads(cfg.d_model, 2048)):
+        result = evaluate(model if model is not None else load_stage(path, base), tok, heldout)
+    write_json(rec, result)
+    return result
