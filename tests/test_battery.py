@@ -70,10 +70,23 @@ def test_finetune_of_another_base_fails_before_any_work(tmp_path, tiny_dirs):
 
     other = tiny_checkpoint("llama", tmp_path / "other", seed=7)
     data = [{"prompt": "import os", "response": " and sys"}] * 4
-    ft = finetune(tiny_dirs["llama"], data, tmp_path / "ft", method="full", max_steps=1, batch_size=2, progress=False,
-                  template="{prompt}{response}")
-    fam = {"w0": str(tiny_dirs["llama"]), "wa": str(other), "useful": str(ft.path), "harmful": str(ft.path),
-           "contaminated": str(ft.path)}
+    ft = finetune(
+        tiny_dirs["llama"],
+        data,
+        tmp_path / "ft",
+        method="full",
+        max_steps=1,
+        batch_size=2,
+        progress=False,
+        template="{prompt}{response}",
+    )
+    fam = {
+        "w0": str(tiny_dirs["llama"]),
+        "wa": str(other),
+        "useful": str(ft.path),
+        "harmful": str(ft.path),
+        "contaminated": str(ft.path),
+    }
     cfg = BatteryConfig(preset="custom", family=fam)
     with pytest.raises(ConfigError, match="family.useful.*not the family's aligned model"):
         Battery(cfg, tmp_path / "out", progress=False).run()
@@ -85,7 +98,9 @@ def _run(cfg_path: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "deltalens.cli", "run", str(cfg_path), "--out", str(out), "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
 
 
@@ -107,7 +122,9 @@ def test_killed_battery_resumes_without_recomputing(organism_family, tmp_path):
         if sum(r["status"] == "computed" for r in _log(killed)) >= 7:
             break
         time.sleep(0.2)
-    assert proc.poll() is None, "the battery finished before it could be interrupted:\n" + proc.stdout.read().decode()
+    assert proc.poll() is None, (
+        "the battery finished before it could be interrupted:\n" + proc.stdout.read().decode()
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = {r["unit"] for r in _log(killed) if r["status"] == "computed"}
@@ -118,7 +135,7 @@ def test_killed_battery_resumes_without_recomputing(organism_family, tmp_path):
     proc = _run(cfg_path, killed)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out.decode()[-3000:]
-    second = _log(killed)[len(done_before):]
+    second = _log(killed)[len(done_before) :]
     recomputed = {r["unit"] for r in second if r["status"] == "computed"} & done_before
     assert not recomputed, f"recomputed after resume: {recomputed}"
     assert done_before <= {r["unit"] for r in second if r["status"] == "cached"}
@@ -136,3 +153,40 @@ def test_killed_battery_resumes_without_recomputing(organism_family, tmp_path):
     assert len(summary["verdicts"]) >= 4
     assert all(v["numbers"] for v in summary["verdicts"])
     assert set(res["tables"]["evals"]["stage"]) == {"w0", "wa", "useful", "harmful", "contaminated"}
+
+
+@pytest.mark.network_pypi
+def test_custom_family_of_your_own_checkpoints(tmp_path, tiny_dirs):
+    """A user family (W_0, W_A and fine-tunes from W_A) through the generic judge and evaluations."""
+    from deltalens.finetune import finetune
+
+    data = [
+        {"prompt": "What is 2 + 2?", "response": " 4"},
+        {"prompt": "import os", "response": " and sys"},
+    ] * 2
+    kw = dict(method="full", max_steps=1, batch_size=2, progress=False, template="{prompt}{response}")
+    wa = finetune(tiny_dirs["llama"], data, tmp_path / "wa", seed=1, **kw).path
+    fts = {
+        n: finetune(wa, data, tmp_path / n, seed=s, **kw).path
+        for s, n in enumerate(("useful", "harmful", "contaminated"))
+    }
+    cfg = BatteryConfig(
+        preset="custom",
+        family={"w0": str(tiny_dirs["llama"]), "wa": str(wa), **{k: str(v) for k, v in fts.items()}},
+        experiments=["evals", "parallel_sweep", "weight_overlap", "activation_overlap", "probes"],
+        fracs=[0.5],
+        methods=["topk"],
+        n_harmful=4,
+        n_harmless=4,
+        n_arithmetic=4,
+        n_activation=8,
+    )
+    res = Battery(cfg, tmp_path / "out", progress=False).run()
+    evals = res["tables"]["evals"]
+    assert list(evals["stage"]) == ["w0", "wa", "useful", "harmful", "contaminated"]
+    assert evals[["harm", "refusal_harmful", "refusal_harmless", "utility"]].notna().all().all()
+    sweep = res["tables"]["sweep"]
+    assert set(sweep["task"]) == {"useful", "harmful"} and (sweep["energy_kept"] > 0).all()
+    assert (tmp_path / "out" / "report.html").stat().st_size > 10_000
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert prov["wa"]["checkpoint"] == str(wa) and len(prov["wa"]["content_hash"]) == 16

@@ -198,16 +198,14 @@ class Battery:
         from deltalens.data import PromptRecord, PromptSet
         from deltalens.evals import harmfulness, utility
 
-        h = harmfulness(model, harmful)
-        hl = harmfulness(model, harmless)
+        chat = self.family.chat
+        h = harmfulness(model, harmful, chat=chat)
         tasks = PromptSet([PromptRecord(text=p, label=a, source="arithmetic") for p, a in arith])
-        u = utility(model, tasks)
-        return {
-            "harm": h.compliance_rate,
-            "refusal_harmful": h.refusal_rate,
-            "refusal_harmless": hl.refusal_rate,
-            "utility": u.accuracy,
-        }
+        u = utility(model, tasks, chat=chat, max_new_tokens=48)
+        out = {"harm": h.compliance_rate, "refusal_harmful": h.refusal_rate, "utility": u.accuracy}
+        if harmless_too:
+            out["refusal_harmless"] = harmfulness(model, harmless, chat=chat).refusal_rate
+        return out
 
     # -------------------------------------------------------------- experiments
     def run_evals(self) -> Any:
@@ -218,7 +216,7 @@ class Battery:
             r = self.units.get(
                 f"eval-{stage}",
                 self._key(exp="eval", stage=stage, n=self._eval_sets()),
-                lambda s=stage: self.evaluate(self.model(s)),
+                lambda s=stage: self.evaluate(self.model(s), harmless_too=True),
             )
             rows.append({"stage": stage, **r})
         return pd.DataFrame(rows)
@@ -375,11 +373,12 @@ class Battery:
         self.out.mkdir(parents=True, exist_ok=True)
         self.cfg.save(self.out / "config.yaml")
         self._say("resolving the model family")
-        self.family = (
-            _organism_family(self.cfg, self.progress)
-            if self.cfg.preset == "organism"
-            else _custom_family(self.cfg)
-        )
+        build = {
+            "organism": lambda: _organism_family(self.cfg, self.progress),
+            "smollm2": lambda: _smollm2_family(self.cfg),
+            "custom": lambda: _custom_family(self.cfg),
+        }
+        self.family = build[self.cfg.preset]()
         from deltalens.checkpoints import content_hash
 
         self.family.hashes = {s: content_hash(p) for s, p in self.family.paths.items()}
