@@ -99,50 +99,85 @@ def _check_checkpoint_dir(path: Path) -> None:
         raise CheckpointError(f"{path} has config.json but no weights (*.safetensors / *.bin)")
 
 
-def check_adapter(adapter: Path, base_model: nn.Module) -> dict[str, Any]:
-    """Check that a peft LoRA adapter fits ``base_model`` (modules exist, shapes match).
+class AdapterMismatchError(CheckpointError):
+    """A LoRA adapter that was made for another base model."""
 
-    Raises:
-        FileNotFoundError / CheckpointError: missing dir, not an adapter, or trained for another base.
-    """
+
+def module_dims(module: Any) -> tuple[int, int] | None:
+    """(out_features, in_features) of a linear-like module, or None."""
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return module.out_features, module.in_features
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2: weight is (in, out)
+        return module.nf, module.weight.shape[0]
+    if hasattr(module, "num_embeddings"):
+        return module.embedding_dim, module.num_embeddings
+    return None
+
+
+def _adapter_files(adapter: Path) -> dict[str, Any]:
     if not adapter.exists():
         raise FileNotFoundError(f"no adapter directory at {str(adapter)!r}")
-    cfg_path = adapter / "adapter_config.json"
-    if not cfg_path.is_file():
+    if not (adapter / "adapter_config.json").is_file():
         raise CheckpointError(f"{adapter} is not a peft adapter: expected adapter_config.json")
-    cfg = json.loads(cfg_path.read_text())
-    weights = adapter / "adapter_model.safetensors"
-    if not weights.is_file():
+    if not (adapter / "adapter_model.safetensors").is_file():
         raise CheckpointError(f"{adapter} has no adapter_model.safetensors")
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise AdapterMismatchError(
+            f"{adapter} holds a {cfg.get('peft_type')} adapter; only LoRA is supported"
+        )
+    return cfg
+
+
+def check_adapter(adapter: str | Path, base_model: nn.Module, base_hash: str | None = None) -> dict[str, Any]:
+    """Check that a peft LoRA adapter fits ``base_model`` (modules exist, shapes match); return its config.
+
+    An adapter written by ``deltalens.finetune`` records its parent's content hash in ``cfg.json``;
+    with ``base_hash`` given, that must match too.
+
+    Raises:
+        FileNotFoundError: no such directory.
+        CheckpointError: not a LoRA adapter directory.
+        AdapterMismatchError: the adapter was trained for a different base.
+    """
     from safetensors import safe_open
 
+    adapter = Path(adapter)
+    cfg = _adapter_files(adapter)
     modules = dict(base_model.named_modules())
     problems: list[str] = []
-    with safe_open(str(weights), framework="pt") as f:
+    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
         for key in f.keys():
-            if ".lora_A." not in key and ".lora_B." not in key:
+            part = next(
+                (p for p in (".lora_A.", ".lora_B.", ".lora_embedding_A", ".lora_embedding_B") if p in key),
+                None,
+            )
+            if part is None:
                 continue
-            mod_path = key.split(".lora_")[0].removeprefix("base_model.model.")
-            mod = modules.get(mod_path)
-            if mod is None:
-                problems.append(f"module {mod_path!r} does not exist in the base model")
-                continue
+            name = key.split(part)[0].removeprefix("base_model.model.")
             shape = tuple(f.get_slice(key).get_shape())
-            w = getattr(mod, "weight", None)
-            if w is None:
-                problems.append(f"{mod_path!r} has no weight")
-                continue
-            out_f, in_f = w.shape if type(mod).__name__ != "Conv1D" else (w.shape[1], w.shape[0])
-            if ".lora_A." in key and shape[1] != in_f:
-                problems.append(f"{key}: adapter expects in_features={shape[1]}, base has {in_f}")
-            if ".lora_B." in key and shape[0] != out_f:
-                problems.append(f"{key}: adapter expects out_features={shape[0]}, base has {out_f}")
+            mod = modules.get(name)
+            dims = module_dims(mod) if mod is not None else None
+            if dims is None:
+                problems.append(f"module {name!r} does not exist in the base model (or is not linear)")
+            elif "_A" in part and shape[-1] != dims[1]:
+                problems.append(f"{name}: adapter expects in_features={shape[-1]}, base has {dims[1]}")
+            elif "_B" in part and shape[0] != dims[0]:
+                problems.append(f"{name}: adapter expects out_features={shape[0]}, base has {dims[0]}")
     if problems:
         more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise CheckpointError(
-            f"adapter {adapter} was trained for a different base model "
+        raise AdapterMismatchError(
+            f"adapter {adapter} was trained for a different base model and does not match its base "
             f"(adapter base: {cfg.get('base_model_name_or_path')!r}): " + "; ".join(problems[:5]) + more
         )
+    rec = adapter / "cfg.json"
+    if base_hash is not None and rec.is_file():
+        want = json.loads(rec.read_text()).get("parent", {}).get("content_hash")
+        if want and want != base_hash:
+            raise AdapterMismatchError(
+                f"the adapter at {str(adapter)!r} was trained on a base with content hash {want[:12]}…, "
+                f"but the given base has {base_hash[:12]}…"
+            )
     return cfg
 
 
@@ -230,9 +265,7 @@ def load(
         path = Path(source).expanduser()
         _check_checkpoint_dir(path)
         if adapter is not None:  # validate the adapter dir before loading big weights
-            a = Path(adapter).expanduser()
-            if not (a / "adapter_config.json").is_file():
-                check_adapter(a, torch.nn.Module())
+            _adapter_files(Path(adapter).expanduser())
         model, tok = _load_hf(path, torch_dtype, device_map)
         base_name, ckpt_hash = str(path), content_hash(path)
     else:

@@ -10,11 +10,12 @@ Example:
 Nothing heavy is imported here: torch, transformers and peft load when a function runs.
 """
 
+from deltalens.checkpoints import AdapterMismatchError
 from deltalens.finetune import organism
 from deltalens.finetune.encoding import check_template
 from deltalens.finetune.organism import OrganismConfig, OrganismFamily
 from deltalens.finetune.sft import LORA_TARGETS, FinetuneConfig, FinetuneResult, finetune
-from deltalens.finetune.storage import AdapterMismatchError, atomic_directory, check_adapter, content_hash
+from deltalens.finetune.storage import atomic_directory, check_adapter, content_hash
 
 __all__ = [
     "LORA_TARGETS",

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from deltalens.checkpoints import module_dims
 from deltalens.finetune.encoding import check_template, encode_examples, normalize_examples
 from deltalens.finetune.loop import train_loop
 from deltalens.finetune.storage import (
@@ -38,7 +39,6 @@ from deltalens.finetune.storage import (
     atomic_directory,
     check_adapter,
     content_hash,
-    module_dims,
     torch_threads,
     write_json,
 )

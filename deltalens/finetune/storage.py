@@ -19,14 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from deltalens.checkpoints import check_adapter as _check_adapter
+
 CFG_NAME = "cfg.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MAX_THREADS = 2
-
-
-class AdapterMismatchError(ValueError):
-    """A LoRA adapter does not fit the base model it was given."""
 
 
 def content_hash(model: Any) -> str:
@@ -41,75 +39,9 @@ def content_hash(model: Any) -> str:
     return h.hexdigest()
 
 
-def module_dims(module: Any) -> tuple[int, int] | None:
-    """(out_features, in_features) of a linear-like module, or None."""
-    if hasattr(module, "in_features") and hasattr(module, "out_features"):
-        return module.out_features, module.in_features
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2: weight is (in, out)
-        return module.nf, module.weight.shape[0]
-    if hasattr(module, "num_embeddings"):
-        return module.embedding_dim, module.num_embeddings
-    return None
-
-
 def check_adapter(base: Any, adapter_dir: str | os.PathLike, base_hash: str | None = None) -> dict[str, Any]:
-    """Check that the LoRA adapter in ``adapter_dir`` fits ``base``; return its adapter config.
-
-    Every LoRA weight must name a module of the base with matching input / output sizes, and
-    an adapter written by ``finetune`` must record the same parent content hash as ``base``.
-
-    Raises:
-        FileNotFoundError: no adapter config or weights in ``adapter_dir``.
-        AdapterMismatchError: the adapter was made for another base.
-    """
-    from safetensors import safe_open
-
-    d = Path(adapter_dir)
-    if not (d / ADAPTER_CONFIG).is_file():
-        raise FileNotFoundError(f"{str(d)!r} has no {ADAPTER_CONFIG}; it is not a peft adapter directory")
-    if not (d / ADAPTER_WEIGHTS).is_file():
-        raise FileNotFoundError(f"{str(d)!r} has no {ADAPTER_WEIGHTS}")
-    acfg = json.loads((d / ADAPTER_CONFIG).read_text())
-    if acfg.get("peft_type", "LORA") != "LORA":
-        raise AdapterMismatchError(
-            f"{str(d)!r} holds a {acfg.get('peft_type')} adapter; only LoRA is supported"
-        )
-    modules = dict(base.named_modules())
-    problems: list[str] = []
-    with safe_open(d / ADAPTER_WEIGHTS, framework="pt") as f:
-        for key in f.keys():
-            part = next(
-                (p for p in (".lora_A.", ".lora_B.", ".lora_embedding_A", ".lora_embedding_B") if p in key),
-                None,
-            )
-            if part is None:
-                continue
-            name = key.split(part)[0].removeprefix("base_model.model.")
-            shape = tuple(f.get_slice(key).get_shape())
-            mod = modules.get(name)
-            dims = module_dims(mod) if mod is not None else None
-            if mod is None or dims is None:
-                problems.append(f"{name}: no such linear module in the base")
-            elif "_A" in part and shape[-1] != dims[1]:
-                problems.append(f"{name}: adapter input size {shape[-1]} != base {dims[1]}")
-            elif "_B" in part and shape[0] != dims[0]:
-                problems.append(f"{name}: adapter output size {shape[0]} != base {dims[0]}")
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise AdapterMismatchError(
-            f"the adapter at {str(d)!r} does not match its base {type(base).__name__}: "
-            + "; ".join(problems[:5])
-            + more
-        )
-    rec = d / CFG_NAME
-    if base_hash is not None and rec.is_file():
-        want = json.loads(rec.read_text()).get("parent", {}).get("content_hash")
-        if want and want != base_hash:
-            raise AdapterMismatchError(
-                f"the adapter at {str(d)!r} was trained on a base with content hash {want[:12]}…, "
-                f"but the given base has {base_hash[:12]}…"
-            )
-    return acfg
+    """Check that the LoRA adapter in ``adapter_dir`` fits ``base``; see :func:`deltalens.checkpoints.check_adapter`."""
+    return _check_adapter(adapter_dir, base, base_hash)
 
 
 @contextlib.contextmanager
