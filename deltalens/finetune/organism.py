@@ -218,6 +218,11 @@ def build(
             te = time.perf_counter()
             metrics[st.name] = _stage_eval(path, base, models.get(st.name), tok, heldout, cfg)
             eval_seconds[st.name] = round(time.perf_counter() - te, 2)
+    if len(cached) == len(_stages(cfg)) and (root / "manifest.json").is_file():
+        # nothing was trained: keep the manifest of the build that made these checkpoints
+        previous = OrganismFamily.from_manifest(root)
+        previous.cached = cached
+        return previous
     family = OrganismFamily(
         root=root,
         config=cfg,
