@@ -72,7 +72,7 @@ def _custom_family(cfg: BatteryConfig) -> Family:
 def _smollm2_family(cfg: BatteryConfig) -> Family:
     from deltalens.alignment import SmolLM2Recipe, _splits, build_smollm2_family
 
-    recipe = SmolLM2Recipe(seed=cfg.seed)
+    recipe = SmolLM2Recipe(seed=cfg.seed, num_threads=2)
     root = Path(cfg.family.organism_dir or default_cache() / f"smollm2-family-seed{cfg.seed}")
     fam = build_smollm2_family(root, recipe=recipe, evaluate=False)
     sets = _splits(recipe)
