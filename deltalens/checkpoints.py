@@ -182,21 +182,43 @@ def check_adapter(adapter: str | Path, base_model: nn.Module, base_hash: str | N
 
 
 # ------------------------------------------------------------------ loading
+def load_gguf(path: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
+    """Dequantize a ``.gguf`` checkpoint into a plain HF model (+ its tokenizer).
+
+    transformers dequantizes GGUF weights on load, but a GGUF-loaded model refuses
+    ``save_pretrained`` and carries a ``quantization_config``: the weights are copied into a
+    plain model of the same class and config, and ``config.architectures`` is set (TransformerLens
+    needs it).
+
+    Raises:
+        CheckpointError: an architecture deltalens does not support.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deltalens.hooks.archs import arch_for
+
+    path = Path(path)
+    dtype = dtype or torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    arch_for(model.config)
+    cd = model.config.to_dict()
+    cd.pop("quantization_config", None)
+    plain = type(model)(type(model.config)(**cd)).to(dtype).eval()
+    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.config.architectures = [type(plain).__name__]
+    plain.generation_config = model.generation_config
+    return plain, tok
+
+
 def _load_hf(path: Path, dtype: torch.dtype, device_map: Any) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from deltalens.hooks.archs import arch_for
 
-    if path.is_file():  # GGUF: dequantize, then copy into a plain model class
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        arch_for(model.config)
-        cd = model.config.to_dict()
-        cd.pop("quantization_config", None)
-        plain = type(model)(type(model.config)(**cd)).to(dtype)
-        plain.load_state_dict(model.state_dict())
-        plain.config.architectures = [type(plain).__name__]
-        return plain.eval(), tok
+    if path.is_file():
+        return load_gguf(path, dtype)
     arch_for(AutoConfig.from_pretrained(path))  # unsupported architecture: fail before loading weights
     kw: dict[str, Any] = {"dtype": dtype}
     if device_map is not None:

