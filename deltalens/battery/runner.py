@@ -287,18 +287,20 @@ class Battery:
             kind="parquet",
         )
 
+    def _format(self, prompt: str) -> str:
+        """A raw prompt in the family's prompt template (unchanged when it has none)."""
+        t = self.family.template
+        return t.replace("{prompt}", prompt) if t else prompt
+
     def _activation_sets(self) -> dict[str, list[str]]:
         n = self.cfg.n_activation
-        fmt = (
-            (lambda p: self.family.template.replace("{prompt}", p)) if self.family.template else (lambda p: p)
-        )
         harmful = self.family.harmful
         half = len(harmful) // 2
         return {
-            "useful": [fmt(p) for p, _ in self.family.arithmetic[:n]],
-            "harmful_1": [fmt(p) for p in harmful[:half][:n]],
-            "harmful_2": [fmt(p) for p in harmful[half:][:n]],
-            "harmless": [fmt(p) for p in self.family.harmless[:n]],
+            "useful": [self._format(p) for p, _ in self.family.arithmetic[:n]],
+            "harmful_1": [self._format(p) for p in harmful[:half][:n]],
+            "harmful_2": [self._format(p) for p in harmful[half:][:n]],
+            "harmless": [self._format(p) for p in self.family.harmless[:n]],
         }
 
     def run_activation_overlap(self) -> Any:
@@ -326,34 +328,23 @@ class Battery:
     def run_probes(self) -> Any:
         import pandas as pd
 
-        from deltalens.probes import probe_layers
+        from deltalens.probes import collect, probe_layers
 
         n = self.cfg.n_activation
-        fmt = (
-            (lambda p: self.family.template.replace("{prompt}", p)) if self.family.template else (lambda p: p)
-        )
         harmful, harmless = self.family.harmful[:n], self.family.harmless[:n]
         gh = (self.family.groups_harmful or harmful)[:n]
         gl = (self.family.groups_harmless or harmless)[:n]
-        prompts = [fmt(p) for p in harmful + harmless]
+        prompts = [self._format(p) for p in harmful + harmless]
         labels = ["harmful"] * len(harmful) + ["harmless"] * len(harmless)
         groups = [f"h:{g}" for g in gh] + [f"b:{g}" for g in gl]
 
         def compute() -> Any:
             frames = []
             for stage in ("w0", "wa", "harmful"):
-                m = self.model(stage)
-                acts: dict[str, Any] = {}
-                for s in range(0, len(prompts), 32):
-                    c = m.run_with_cache(
-                        prompts[s : s + 32], names="blocks.*.hook_resid_post", positions="last"
-                    )
-                    for k, v in c.items():
-                        acts.setdefault(k, []).append(v)
-                import torch
-
-                acts = {k: torch.cat(v) for k, v in acts.items()}
-                res = probe_layers(acts, labels, groups)
+                acts = collect(
+                    self.model(stage), prompts, labels=labels, groups=groups, batch_size=32, progress=False
+                )
+                res = probe_layers(acts)
                 df = res.summary().reset_index(drop=True)
                 df.insert(0, "model", stage)
                 frames.append(df)
