@@ -55,14 +55,19 @@ def _hash_files(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def _hash_state(model: nn.Module) -> str:
+def state_hash(model: nn.Module) -> str:
+    """sha256 (hex) of a model's fp32 state dict: names, shapes and values.
+
+    The hash ``deltalens.finetune`` records as a checkpoint's parent in ``cfg.json``.
+    """
+    import torch
+
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(
-            t.detach().cpu().contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes()
-        )
-    return h.hexdigest()[:16]
+        t = t.detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def content_hash(path: str | Path) -> str:
@@ -296,7 +301,7 @@ def load(
         model, tok = source, tokenizer
         model = model.to(torch_dtype)
         base_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
-        ckpt_hash = _hash_state(base_module(model))
+        ckpt_hash = state_hash(base_module(model))[:16]
     tok = tokenizer if tokenizer is not None else tok
     arch = arch_for(base_module(model).config)
     if device_map is None:

@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -20,23 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from deltalens.checkpoints import check_adapter as _check_adapter
+from deltalens.checkpoints import state_hash as content_hash  # noqa: F401  (re-exported)
 
 CFG_NAME = "cfg.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MAX_THREADS = 2
-
-
-def content_hash(model: Any) -> str:
-    """sha256 of a model's fp32 state dict (names, shapes and values), as hex."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu", torch.float32).contiguous()
-        h.update(f"{name}:{tuple(t.shape)};".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
 
 
 def check_adapter(base: Any, adapter_dir: str | os.PathLike, base_hash: str | None = None) -> dict[str, Any]:
