@@ -10,13 +10,8 @@ Goal: under 5 MB, load event under 2 s, no network request.
 from __future__ import annotations
 
 import argparse
-import html
-import json
 import re
-import shutil
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 PROBE = (
@@ -26,18 +21,6 @@ PROBE = (
     ".map(function(e){return e.name;})));});</script>"
 )
 EXTERNAL = r"""(?:src|href)=["']https?://"""
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--proxy-server=127.0.0.1:9",
-    "--host-resolver-rules=MAP * ~NOTFOUND",
-    "--virtual-time-budget=3000",
-]
 
 
 def main() -> None:
@@ -47,7 +30,9 @@ def main() -> None:
     args = ap.parse_args()
     page = Path(args.results) / "report.html"
     text = page.read_text()
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    from deltalens.viz.browser import body_attr, dump_dom, find_chromium
+
+    browser = find_chromium()
     if browser is None:
         raise SystemExit("Debian's chromium is needed: apt-get install -y chromium")
     external = len(re.findall(EXTERNAL, text))
@@ -56,22 +41,13 @@ def main() -> None:
         probed = Path(d) / "report.html"
         probed.write_text(text.replace("</body>", PROBE + "</body>"))
         for i in range(args.runs):
-            t = time.perf_counter()
-            out = subprocess.run(
-                [browser, *FLAGS, f"--user-data-dir={d}/p{i}", "--dump-dom", probed.as_uri()],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            ).stdout
-            wall = time.perf_counter() - t
-
-            def attr(name: str, dom: str = out):
-                m = re.search(rf'<body[^>]*\s{name}="([^"]*)"', dom)
-                return json.loads(html.unescape(m.group(1))) if m else None
-
+            dom, wall = dump_dom(
+                [browser], probed, Path(d) / f"p{i}", "--virtual-time-budget=3000", timeout=120
+            )
+            others = [r for r in body_attr(dom, "data-resources") or [] if "report.html" not in r]
             print(
-                f"run {i + 1}: load event {attr('data-load-ms'):.0f} ms in page; browser process {wall:.2f} s; "
-                f"requests other than the page itself: {[r for r in attr('data-resources') or [] if 'report.html' not in r]}"
+                f"run {i + 1}: load event {body_attr(dom, 'data-load-ms'):.0f} ms in page; "
+                f"browser process {wall:.2f} s; requests other than the page itself: {others}"
             )
 
 

@@ -7,10 +7,7 @@ disabled (a private network namespace when ``unshare -n`` works, plus a dead pro
 
 from __future__ import annotations
 
-import html
-import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -20,21 +17,10 @@ import pytest
 
 import deltalens as dl
 from deltalens import viz
+from deltalens.viz.browser import CHROMIUM_NAMES, body_attr, dump_dom, find_chromium
 
 from .test_viz import EXTERNAL_URL, act_table, patch_table, probe_table, sweep_table, weight_table
 
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--proxy-server=127.0.0.1:9",
-    "--host-resolver-rules=MAP * ~NOTFOUND",
-]
 WINDOW = (1280, 8000)
 PROBE = """<script>(function(){var b=document.body;
 function put(name,value){b.setAttribute(name,JSON.stringify(value));}
@@ -53,14 +39,6 @@ return {kind:f.getAttribute('data-kind'),complete:i.complete,width:i.naturalWidt
 
 
 # ---------------------------------------------------------------------------------------- chromium
-def _find_chromium() -> str | None:
-    for name in CHROMIUM_NAMES:
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
 def _install_chromium() -> str:
     """Try ``apt-get install chromium``; returns what happened (for the skip reason)."""
     if not shutil.which("apt-get"):
@@ -80,10 +58,10 @@ def _install_chromium() -> str:
 
 @pytest.fixture(scope="module")
 def chromium() -> list[str]:
-    path = _find_chromium()
+    path = find_chromium()
     if path is None:
         outcome = _install_chromium()
-        path = _find_chromium()
+        path = find_chromium()
         if path is None:
             pytest.skip(
                 f"headless Chromium not found ({', '.join(CHROMIUM_NAMES)}) and not installable: {outcome}"
@@ -96,18 +74,13 @@ def chromium() -> list[str]:
 
 
 def _run(chromium: list[str], profile: Path, page: Path, *extra: str) -> tuple[str, float]:
-    cmd = [*chromium, *FLAGS, f"--user-data-dir={profile}", *extra, "--dump-dom", page.as_uri()]
-    start = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    wall = time.perf_counter() - start
-    assert res.returncode == 0, f"chromium failed ({res.returncode}): {res.stderr[-2000:]}"
-    return res.stdout, wall
+    return dump_dom(chromium, page, profile, *extra)
 
 
 def _attr(dom: str, name: str):
-    m = re.search(rf'<body[^>]*\s{name}="([^"]*)"', dom)
-    assert m, f"the page did not record {name}; did its scripts run?"
-    return json.loads(html.unescape(m.group(1)))
+    value = body_attr(dom, name)
+    assert value is not None, f"the page did not record {name}; did its scripts run?"
+    return value
 
 
 # ---------------------------------------------------------------------------------------- the report
