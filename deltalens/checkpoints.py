@@ -41,6 +41,7 @@ class Provenance:
     adapter_merged: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of the provenance."""
         return asdict(self)
 
 

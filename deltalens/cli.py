@@ -38,10 +38,12 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``deltalens demo`` arguments to ``parser``."""
     parser.add_argument("--backend", default="transformer_lens", choices=["transformer_lens", "nnsight"])
 
 
 def demo_main(args: argparse.Namespace) -> int:
+    """Load a tiny model, cache its last-token residual stream and print a summary."""
     import deltalens as dl
     from deltalens.testing import tiny_model
 
@@ -60,6 +62,7 @@ def _lookup(module: str, name: str) -> Callable:
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The argument parser; only the chosen subcommand's module is imported."""
     parser = argparse.ArgumentParser(
         prog="deltalens", description="What does fine-tuning do inside a language model?"
     )

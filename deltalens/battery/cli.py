@@ -6,6 +6,7 @@ import argparse
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``deltalens run`` arguments (config file, ``--preset``, ``--out``, ``--quiet``) to ``parser``."""
     parser.add_argument(
         "config", nargs="?", default=None, help="YAML or TOML battery config (default: a preset)"
     )
@@ -16,6 +17,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def run_main(args: argparse.Namespace) -> int:
+    """Run the battery from ``deltalens run`` arguments; returns the exit code."""
     import time
 
     from deltalens.battery import Battery, BatteryConfig
@@ -33,6 +35,7 @@ def run_main(args: argparse.Namespace) -> int:
 
 
 def print_summary(tables: dict, out: str, seconds: float) -> None:
+    """Print the one-screen summary: evaluations per stage and the verdict table."""
     v = tables["verdicts"]
     print("\n" + "=" * 78)
     print(f"deltalens battery finished in {seconds:.0f} s -> {out}/report.html")

@@ -18,6 +18,7 @@ class ConfigError(ValueError):
 
 
 def default_cache() -> Path:
+    """The cache root: ``$DELTALENS_CACHE`` or ``~/.cache/deltalens``."""
     return Path(os.environ.get("DELTALENS_CACHE", Path.home() / ".cache" / "deltalens"))
 
 
@@ -40,6 +41,7 @@ class FamilyConfig:
     check_parents: bool = True
 
     def paths(self) -> dict[str, str | None]:
+        """Stage name -> checkpoint path (None where unset)."""
         return {s: getattr(self, s) for s in STAGES}
 
 
@@ -124,14 +126,17 @@ class BatteryConfig:
 
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-able dict of every field."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatteryConfig:
+        """Build a config from a mapping; unknown keys raise ``ConfigError`` naming them."""
         return _build(cls, data, "")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> BatteryConfig:
+        """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file."""
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"no battery config at {str(p)!r}")
@@ -149,6 +154,7 @@ class BatteryConfig:
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the config as YAML (saved next to every battery's results)."""
         import yaml
 
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -145,6 +145,7 @@ class Battery:
             print(f"[deltalens] {msg}", flush=True)
 
     def model(self, stage: str) -> Any:
+        """The HookedModel of a family stage, loaded once and kept."""
         import deltalens as dl
 
         if stage not in self._models:
@@ -154,6 +155,7 @@ class Battery:
         return self._models[stage]
 
     def delta(self, name: str) -> Any:
+        """ΔW of ``alignment`` (W_A − W_0) or a task update (W_FT − W_A), computed once and kept."""
         from deltalens.interventions import weight_delta
 
         pairs = {
@@ -209,6 +211,7 @@ class Battery:
 
     # -------------------------------------------------------------- experiments
     def run_evals(self) -> Any:
+        """One evaluation unit per stage; columns ``stage, harm, refusal_harmful, refusal_harmless, utility``."""
         import pandas as pd
 
         rows = []
@@ -230,6 +233,7 @@ class Battery:
         return ModuleFilter(embeddings=False, unembedding=False), "task"
 
     def run_sweep(self, task: str, mode: str) -> Any:
+        """Exp 1/2: one unit per (method, frac) of ``task``'s update projected onto Δ_A's subspaces in ``mode``."""
         import pandas as pd
         from tqdm.auto import tqdm
 
@@ -275,6 +279,7 @@ class Battery:
         return df
 
     def run_weight_overlap(self) -> Any:
+        """Exp 3: weight-update MSO for every pair of alignment / useful / harmful / contaminated."""
         from deltalens.probes import weight_overlap_pairs
 
         names = ("alignment", "useful", "harmful", "contaminated")
@@ -304,6 +309,7 @@ class Battery:
         }
 
     def run_activation_overlap(self) -> Any:
+        """Exp 4: last-token activation MSO between prompt sets on W_0, W_A, useful and contaminated."""
         from deltalens.probes import activation_overlap
 
         stages = ("w0", "wa", "useful", "contaminated")
@@ -326,6 +332,7 @@ class Battery:
         )
 
     def run_probes(self) -> Any:
+        """Group-held-out harmful-vs-harmless probes per layer on W_0, W_A and the harmful fine-tune."""
         import pandas as pd
 
         from deltalens.probes import collect, probe_layers

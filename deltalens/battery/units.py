@@ -57,6 +57,7 @@ class UnitStore:
             os.fsync(f.fileno())
 
     def path(self, name: str, inputs: Any, kind: str) -> Path:
+        """Where the unit ``name`` with ``inputs`` is stored."""
         return self.root / f"{name}-{stable_hash(inputs)}.{kind}"
 
     def get(self, name: str, inputs: Any, compute: Callable[[], Any], kind: str = "json") -> Any:

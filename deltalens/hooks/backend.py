@@ -82,11 +82,17 @@ class Backend:
 
     @property
     def device(self) -> torch.device:
+        """The device of the wrapped model's parameters."""
         return next(self.hf_model.parameters()).device
 
     def forward(
         self, batch: Batch, capture: list[str], edits: dict[str, list[HookFn]], reduce: Reduce
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Run ``batch`` with ``edits`` applied; capture ``capture`` through ``reduce``.
+
+        Returns:
+            ``(logits [batch, pos, vocab], {hook name: reduce(name, activation)})``; activations
+            arrive as ``[batch, pos, d_model]`` (``[batch, head, q, k]`` for ``attn.hook_pattern``)."""
         raise NotImplementedError
 
 
@@ -98,6 +104,7 @@ class TransformerLensBackend(Backend):
 
     @classmethod
     def build(cls, hf_model: nn.Module, tokenizer: Any, arch: ArchSpec, name: str) -> TransformerLensBackend:
+        """Wrap ``hf_model`` (not copied: its parameters stay the live weights) in this backend's engine."""
         from transformer_lens import TransformerBridge
 
         # The bridge re-creates a tokenizer from ``name_or_path``; deltalens tokenises itself, so
@@ -116,6 +123,7 @@ class TransformerLensBackend(Backend):
         return cls(hf_model, arch, bridge, params=params)
 
     def forward(self, batch, capture, edits, reduce):
+        """See :meth:`Backend.forward`."""
         acts: dict[str, Tensor] = {}
         hooks: list[tuple[str, Callable]] = []
         for name, fns in edits.items():
@@ -138,6 +146,7 @@ class NNsightBackend(Backend):
 
     @classmethod
     def build(cls, hf_model: nn.Module, tokenizer: Any, arch: ArchSpec, **kw: Any) -> NNsightBackend:
+        """Wrap ``hf_model`` (not copied: its parameters stay the live weights) in this backend's engine."""
         from nnsight import TransformersModel
 
         # nnsight sets padding_side on the tokenizer it is given; keep the user's untouched.
@@ -153,6 +162,7 @@ class NNsightBackend(Backend):
         return env
 
     def forward(self, batch, capture, edits, reduce):
+        """See :meth:`Backend.forward`."""
         from deltalens.hooks.names import execution_order
 
         for name in edits:

@@ -97,6 +97,7 @@ class ActivationCache(Mapping[str, Tensor]):
     def to(
         self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
     ) -> ActivationCache:
+        """A copy with every entry moved to ``device`` (floating entries cast to ``dtype``)."""
         data = {
             k: v.to(device=device, dtype=dtype if v.is_floating_point() else None)
             for k, v in self._data.items()

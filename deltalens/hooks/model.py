@@ -49,6 +49,7 @@ class HookHandle:
         self._model, self._key, self.names = model, key, names
 
     def remove(self) -> None:
+        """Take this handle's hooks off the model (idempotent)."""
         self._model._active.pop(self._key, None)
 
     def __repr__(self) -> str:
@@ -100,6 +101,7 @@ class HookedModel:
     # ---------------------------------------------------------------- basics
     @property
     def backend(self) -> str:
+        """``"transformer_lens"`` or ``"nnsight"``."""
         return self._backend.name
 
     @property

@@ -62,6 +62,7 @@ def suggest(name: str, valid: Sequence[str], n: int = 3) -> list[str]:
 
 
 def unknown_hook_error(name: str, valid: Sequence[str]) -> KeyError:
+    """A KeyError for ``name`` that lists the closest names in ``valid``."""
     close = suggest(name, valid)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return KeyError(
