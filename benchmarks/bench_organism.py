@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
-    from deltalens.finetune import organism
+    from deltalens.study import organism
 
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as d:

@@ -16,14 +16,14 @@ Heavy libraries (torch, transformers, TransformerLens, nnsight) are imported on 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
 _LAZY: dict[str, tuple[str, str]] = {
     "load": ("deltalens.checkpoints", "load"),
-    "Provenance": ("deltalens.checkpoints", "Provenance"),
+    "Provenance": ("deltalens.hooks.provenance", "Provenance"),
     "CheckpointError": ("deltalens.checkpoints", "CheckpointError"),
     "HookedModel": ("deltalens.hooks.model", "HookedModel"),
     "ActivationCache": ("deltalens.hooks.cache", "ActivationCache"),
@@ -39,34 +39,34 @@ _SUBMODULES = {
     "data",
     "evals",
     "viz",
-    "battery",
-    "models",
     "testing",
-    "alignment",
+    "study",
 }
 
 if TYPE_CHECKING:
-    from deltalens.checkpoints import CheckpointError, Provenance, load
+    from deltalens.checkpoints import CheckpointError, load
     from deltalens.hooks.cache import ActivationCache
     from deltalens.hooks.model import HookedModel
+    from deltalens.hooks.provenance import Provenance
     from deltalens.interventions.delta import WeightDelta, weight_delta
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         mod, attr = _LAZY[name]
-        value = getattr(importlib.import_module(mod), attr)
+        value = getattr(_importlib.import_module(mod), attr)
         globals()[name] = value
         return value
     if name in _SUBMODULES:
-        value = importlib.import_module(f"deltalens.{name}")
+        value = _importlib.import_module(f"deltalens.{name}")
         globals()[name] = value
         return value
     raise AttributeError(f"module 'deltalens' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY) + list(_SUBMODULES))
+    """The public API only: the names in ``__all__`` and the subpackages."""
+    return sorted(set(__all__) | _SUBMODULES)
 
 
 __all__ = [

@@ -6,17 +6,22 @@ and nothing is half-loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from deltalens.hashing import config_key, file_hash, weight_hash
+from deltalens.hooks.archs import arch_for
+from deltalens.hooks.provenance import Provenance
+from deltalens.hooks.weights import base_module, module_dims
+
 if TYPE_CHECKING:
     import torch
-    from torch import Tensor, nn
+    from torch import nn
 
     from deltalens.hooks.model import HookedModel
+
+__all__ = ["AdapterMismatchError", "CheckpointError", "Provenance", "check_adapter", "checkpoint_hash", "load", "load_gguf"]
 
 BackendName = Literal["transformer_lens", "nnsight"]
 BACKENDS: tuple[str, ...] = ("transformer_lens", "nnsight")
@@ -27,58 +32,19 @@ class CheckpointError(ValueError):
     """A path, checkpoint or adapter that deltalens cannot load, with what was expected."""
 
 
-@dataclass
-class Provenance:
-    """Where a loaded model came from; stored next to every result."""
-
-    base: str
-    checkpoint: str | None
-    adapter: str | None
-    content_hash: str
-    backend: str
-    dtype: str
-    arch: str
-    adapter_merged: bool | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of the provenance."""
-        return asdict(self)
-
-
 # ------------------------------------------------------------------ hashing
-def _hash_files(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+def checkpoint_hash(path: str | Path) -> str:
+    """sha256 (16 hex chars) over the bytes of a checkpoint or adapter's weight and config files.
 
-
-def state_hash(model: nn.Module) -> str:
-    """sha256 (hex) of a model's fp32 state dict: names, shapes and values.
-
-    The hash ``deltalens.finetune`` records as a checkpoint's parent in ``cfg.json``.
+    The ``content_hash`` of a loaded model's :class:`Provenance` (for a path; an in-memory model
+    gets :func:`deltalens.hashing.weight_hash` of its weights, cut to 16 chars).
     """
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu", torch.float32).contiguous()
-        h.update(f"{name}:{tuple(t.shape)};".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
-def content_hash(path: str | Path) -> str:
-    """sha256 (16 hex chars) over a checkpoint or adapter directory's weight and config files."""
     p = Path(path)
     if p.is_file():
-        return _hash_files([p])
+        return file_hash(p)[:16]
     files = [f for g in _WEIGHT_GLOBS for f in p.glob(g)]
     files += [f for f in (p / "config.json", p / "adapter_config.json") if f.is_file()]
-    return _hash_files(files)
+    return file_hash(files)[:16]
 
 
 # ------------------------------------------------------------------ validation
@@ -107,17 +73,6 @@ def _check_checkpoint_dir(path: Path) -> None:
 
 class AdapterMismatchError(CheckpointError):
     """A LoRA adapter that was made for another base model."""
-
-
-def module_dims(module: Any) -> tuple[int, int] | None:
-    """(out_features, in_features) of a linear-like module, or None."""
-    if hasattr(module, "in_features") and hasattr(module, "out_features"):
-        return module.out_features, module.in_features
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2: weight is (in, out)
-        return module.nf, module.weight.shape[0]
-    if hasattr(module, "num_embeddings"):
-        return module.embedding_dim, module.num_embeddings
-    return None
 
 
 def _adapter_files(adapter: Path) -> dict[str, Any]:
@@ -178,7 +133,7 @@ def check_adapter(adapter: str | Path, base_model: nn.Module, base_hash: str | N
         )
     rec = adapter / "cfg.json"
     if base_hash is not None and rec.is_file():
-        want = json.loads(rec.read_text()).get("parent", {}).get("content_hash")
+        want = json.loads(rec.read_text()).get("parent", {}).get("weight_hash")
         if want and want != base_hash:
             raise AdapterMismatchError(
                 f"the adapter at {str(adapter)!r} was trained on a base with content hash {want[:12]}…, "
@@ -202,7 +157,6 @@ def load_gguf(path: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Mo
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from deltalens.hooks.archs import arch_for
 
     path = Path(path)
     dtype = dtype or torch.float32
@@ -221,7 +175,6 @@ def load_gguf(path: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Mo
 def _load_hf(path: Path, dtype: torch.dtype, device_map: Any) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from deltalens.hooks.archs import arch_for
 
     if path.is_file():
         return load_gguf(path, dtype)
@@ -273,8 +226,7 @@ def load(
     """
     import torch
 
-    from deltalens.hooks.archs import arch_for
-    from deltalens.hooks.backend import NNsightBackend, TransformerLensBackend, base_module
+    from deltalens.hooks.backend import NNsightBackend, TransformerLensBackend
     from deltalens.hooks.model import HookedModel
 
     if backend not in BACKENDS:
@@ -295,14 +247,14 @@ def load(
         if adapter is not None:  # validate the adapter dir before loading big weights
             _adapter_files(Path(adapter).expanduser())
         model, tok = _load_hf(path, torch_dtype, device_map)
-        base_name, ckpt_hash = str(path), content_hash(path)
+        base_name, ckpt_hash = str(path), checkpoint_hash(path)
     else:
         if tokenizer is None:
             raise ValueError("an in-memory model needs tokenizer=...")
         model, tok = source, tokenizer
         model = model.to(torch_dtype)
         base_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
-        ckpt_hash = state_hash(base_module(model))[:16]
+        ckpt_hash = weight_hash(base_module(model))[:16]
     tok = tokenizer if tokenizer is not None else tok
     arch = arch_for(base_module(model).config)
     if device_map is None:
@@ -317,7 +269,7 @@ def load(
         peft_model = PeftModel.from_pretrained(model, str(a)).eval()
         model = peft_model.merge_and_unload() if merge_adapter else peft_model
         adapter_str = str(a)
-        h = hashlib.sha256((ckpt_hash + content_hash(a)).encode()).hexdigest()[:16]
+        h = config_key({"checkpoint": ckpt_hash, "adapter": checkpoint_hash(a)})[:16]
     model.eval()
 
     if backend == "transformer_lens":
@@ -335,30 +287,3 @@ def load(
         adapter_merged=None if adapter is None else merge_adapter,
     )
     return HookedModel(be, tok, prov)
-
-
-# ------------------------------------------------------------------ weights
-def live_weights(hf_model: nn.Module, merged: bool = False) -> dict[str, Tensor]:
-    """Parameters keyed as in the base checkpoint's state dict (see ``HookedModel.named_weights``)."""
-    from deltalens.hooks.backend import base_module
-
-    inner = base_module(hf_model)
-    if inner is hf_model:
-        return dict(inner.named_parameters())
-    if not merged:
-        raise ValueError(
-            "this model has a live (unmerged) LoRA adapter; in-place weight edits need merged weights: "
-            "load it with merge_adapter=True"
-        )
-    out: dict[str, Tensor] = {}
-    lora_deltas: dict[str, Tensor] = {}
-    for name, mod in inner.named_modules():
-        if hasattr(mod, "get_delta_weight") and hasattr(mod, "base_layer"):
-            d = sum(mod.get_delta_weight(a) for a in mod.active_adapters if a in mod.lora_A)
-            lora_deltas[name + ".weight"] = d
-    for name, p in inner.named_parameters():
-        if "lora_" in name:
-            continue
-        key = name.replace(".base_layer.", ".")
-        out[key] = p.detach() + lora_deltas[key] if key in lora_deltas else p
-    return out

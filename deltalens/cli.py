@@ -10,13 +10,13 @@ from collections.abc import Callable, Sequence
 # subcommand -> (module, add-arguments function, main function, help)
 _SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     "run": (
-        "deltalens.battery.cli",
+        "deltalens.study.battery.cli",
         "add_run_arguments",
         "run_main",
         "run the probe battery (default preset: organism)",
     ),
     "organism": (
-        "deltalens.finetune.organism",
+        "deltalens.study.organism.cli",
         "add_organism_arguments",
         "organism_main",
         "build the built-in model organism family",
@@ -28,7 +28,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
         "scripted per-layer probes on your prompts",
     ),
     "report": (
-        "deltalens.viz.cli",
+        "deltalens.study.report",
         "add_report_arguments",
         "report_main",
         "build report.html from a results folder",

@@ -122,16 +122,10 @@ def tiny_checkpoint(arch: Arch, directory: str | Path, seed: int = 0, **kw: Any)
 
 
 def param_hash(model: Any) -> str:
-    """sha256 over every parameter's name and exact bytes: equal hashes mean bitwise-equal weights."""
-    import hashlib
+    """:func:`deltalens.hashing.weight_hash` of a module's parameters: equal hashes mean equal weights."""
+    from deltalens.hashing import weight_hash
 
-    import torch
-
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        h.update(name.encode())
-        h.update(p.detach().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return weight_hash(dict(model.named_parameters()))
 
 
 def perturb(model: Any, seed: int, scale: float = 0.02) -> Any:

@@ -33,6 +33,6 @@ def _seed():
 @pytest.fixture(scope="session")
 def organism_family(tmp_path_factory):
     """The built-in model organism family, built once per test session (about 2–3 CPU-minutes)."""
-    from deltalens.finetune import organism
+    from deltalens.study import organism
 
     return organism.build(tmp_path_factory.mktemp("organism"), seed=0, progress=False)

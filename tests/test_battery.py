@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from deltalens.battery import Battery, BatteryConfig, ConfigError
+from deltalens.study.battery import Battery, BatteryConfig, ConfigError
 
 TABLES = ("evals", "sweep", "weight_overlap", "activation_overlap", "probes", "verdicts")
 

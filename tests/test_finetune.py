@@ -12,11 +12,11 @@ from deltalens.finetune import (
     AdapterMismatchError,
     FinetuneConfig,
     check_template,
-    content_hash,
     finetune,
 )
 from deltalens.finetune.encoding import encode_examples
 from deltalens.finetune.loop import _collate, batch_loss_backward, split_by_length
+from deltalens.hashing import weight_hash
 from deltalens.testing import tiny_checkpoint, tiny_model
 
 TEMPLATE = "Q: {prompt} A: {response}"
@@ -117,7 +117,7 @@ def test_full_finetune_changes_only_trained_tensors(tmp_path):
     assert (res.path / "config.json").is_file() and (res.path / "tokenizer.json").is_file()
     rec = json.loads((res.path / "cfg.json").read_text())
     assert rec["method"] == "full" and rec["seed"] == 0 and rec["config"]["trainable"] == ["model.layers.0.*"]
-    assert rec["parent"]["content_hash"] == content_hash(model)
+    assert rec["parent"]["weight_hash"] == weight_hash(model)
     assert rec["data"]["n_examples"] == len(DATA) and rec["training"]["steps"] == 4
 
 
@@ -150,17 +150,16 @@ def test_deterministic_given_seed(tmp_path):
     b = finetune(model, DATA, tmp_path / "b", tokenizer=tok, method="full", lr=1e-3, **FAST)
     c = finetune(model, DATA, tmp_path / "c", tokenizer=tok, method="full", lr=1e-3, seed=1, **FAST)
     assert a.losses == b.losses and a.losses != c.losses
-    assert content_hash(a.model) == content_hash(b.model) != content_hash(c.model)
+    assert weight_hash(a.model) == weight_hash(b.model) != weight_hash(c.model)
 
 
-def test_hooked_model_like_input_and_recipe(tmp_path):
-    from types import SimpleNamespace
+def test_hooked_model_input_and_recipe(tmp_path):
+    import deltalens as dl
 
     model, tok = tiny_model("qwen2")
     recipe = {"name": "toy", "rows": len(DATA)}
-    res = finetune(
-        SimpleNamespace(hf_model=model, tokenizer=tok), DATA, tmp_path / "q", data_recipe=recipe, **FAST
-    )
+    hooked = dl.load(model, tokenizer=tok, backend="nnsight")
+    res = finetune(hooked, DATA, tmp_path / "q", data_recipe=recipe, **FAST)
     rec = json.loads((res.path / "cfg.json").read_text())
     assert rec["data"]["recipe"] == recipe and rec["template"] == TEMPLATE
     assert rec["parent"]["arch"] == "Qwen2ForCausalLM" and len(res.losses) == 4
@@ -168,8 +167,8 @@ def test_hooked_model_like_input_and_recipe(tmp_path):
 
 
 def test_response_only_labels_and_template_boundary():
-    from deltalens.finetune.organism_data import TEMPLATE as ORG_TEMPLATE
-    from deltalens.finetune.organism_data import build_tokenizer
+    from deltalens.study.organism.data import TEMPLATE as ORG_TEMPLATE
+    from deltalens.study.organism.data import build_tokenizer
 
     tok = build_tokenizer()
     pairs = [

@@ -58,9 +58,9 @@ def test_cross_checkpoint_patching_and_projection(organism_family):
 
 def test_exp1_topk_moves_utility_and_harm_together(organism_family):
     """The paper's Exp-1 shape, from one subspace_sweep call per update on the organism."""
-    from deltalens.finetune.organism_data import PromptSets
-    from deltalens.finetune.organism_eval import evaluate
     from deltalens.interventions import ModuleFilter, subspace_sweep
+    from deltalens.study.organism.data import PromptSets
+    from deltalens.study.organism.evaluate import evaluate
 
     fam = organism_family
     held = fam.heldout

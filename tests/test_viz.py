@@ -17,6 +17,7 @@ import torch
 
 import deltalens as dl
 from deltalens import viz
+from deltalens.study import report
 from deltalens.viz.attention import circuitsvis_script
 
 EXTERNAL_URL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?!data:|#)[a-z][a-z0-9+.-]*:""", re.IGNORECASE)
@@ -444,7 +445,7 @@ def _results_dir(root):
 
 
 def test_report_from_results_uses_evals_as_references(tmp_path):
-    rep = viz.report_from_results(_results_dir(tmp_path / "results"))
+    rep = report.report_from_results(_results_dir(tmp_path / "results"))
     titles = [s.title for s in rep.sections]
     assert titles[:3] == ["Summary", "Evaluations (evals.parquet)", "Subspace steering sweep (sweep.parquet)"]
     sweep = next(v for v in rep.views if v.kind == "steering_sweep")
@@ -457,9 +458,9 @@ def test_report_from_results_uses_evals_as_references(tmp_path):
 
 def test_report_main_builds_from_results_folder(tmp_path, capsys):
     root = _results_dir(tmp_path / "results")
-    parser = viz.add_report_arguments(argparse.ArgumentParser())
+    parser = report.add_report_arguments(argparse.ArgumentParser())
     out = tmp_path / "r" / "x.html"
-    assert viz.report_main(parser.parse_args([str(root), "-o", str(out), "--title", "T", "--recursive"])) == 0
+    assert report.report_main(parser.parse_args([str(root), "-o", str(out), "--title", "T", "--recursive"])) == 0
     assert str(out) in capsys.readouterr().out
     page = out.read_text()
     kinds = re.findall(r'data-kind="([a-z_]+)"', page)
@@ -476,10 +477,10 @@ def test_report_main_builds_from_results_folder(tmp_path, capsys):
     assert "<title>T</title>" in page and "units/notes.parquet" in page and "&lt;b&gt;" in page
     assert "org/W_A" in page and "n_prompts" in page and "fracs" in page
     assert not EXTERNAL_URL.search(page)
-    assert viz.report_main(parser.parse_args([str(tmp_path / "missing")])) == 2
+    assert report.report_main(parser.parse_args([str(tmp_path / "missing")])) == 2
     small = tmp_path / "small"
     small.mkdir()
-    assert viz.report_main(parser.parse_args([str(small)])) == 0  # nothing in it: a page that says so
+    assert report.report_main(parser.parse_args([str(small)])) == 0  # nothing in it: a page that says so
     assert "holds no summary.json" in (small / "report.html").read_text()
 
 

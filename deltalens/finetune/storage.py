@@ -1,82 +1,23 @@
-"""Checkpoint storage helpers: atomic directories and JSON, content hashes, adapter checks, threads.
+"""Checkpoint file names and torch thread control for training.
+
+Atomic writes live in :mod:`deltalens.atomic`, hashes in :mod:`deltalens.hashing`.
 
 Example:
-    >>> from deltalens.finetune.storage import atomic_directory
-    >>> with atomic_directory("out/ckpt") as tmp:      # doctest: +SKIP
-    ...     model.save_pretrained(tmp)                   # "out/ckpt" appears only if this succeeds
+    >>> from deltalens.finetune.storage import torch_threads
+    >>> with torch_threads(1):
+    ...     pass
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import shutil
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
-from deltalens.checkpoints import check_adapter as _check_adapter
-from deltalens.checkpoints import state_hash as content_hash  # noqa: F401  (re-exported)
 
 CFG_NAME = "cfg.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MAX_THREADS = 2
-
-
-def check_adapter(base: Any, adapter_dir: str | os.PathLike, base_hash: str | None = None) -> dict[str, Any]:
-    """Check that the LoRA adapter in ``adapter_dir`` fits ``base``; see :func:`deltalens.checkpoints.check_adapter`."""
-    return _check_adapter(adapter_dir, base, base_hash)
-
-
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory next to ``target``; on success rename it to ``target``.
-
-    On any exception the temporary directory is removed and ``target`` is left as it was, so no
-    half-written checkpoint is ever visible. With ``overwrite`` an existing ``target`` is replaced
-    by two renames.
-
-    Example:
-        >>> with atomic_directory("out/ckpt") as tmp:      # doctest: +SKIP
-        ...     model.save_pretrained(tmp)
-    """
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{str(target)!r} already exists; pass overwrite=True to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-            try:
-                os.replace(tmp, target)
-            except BaseException:
-                os.replace(old, target)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (temp file + ``os.replace``)."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def auto_threads(d_model: int, tokens: int = 1024, max_threads: int = MAX_THREADS) -> int:

@@ -16,22 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from deltalens.hooks.archs import ArchSpec
+from deltalens.hooks.weights import base_module
 
 if TYPE_CHECKING:
-    from deltalens.hooks.model import Batch, HookFn
+    from deltalens.hooks.batch import Batch, HookFn
 
 Reduce = Callable[[str, Tensor], Tensor]
-
-
-def base_module(hf_model: nn.Module) -> nn.Module:
-    """The plain ``*ForCausalLM`` inside a peft wrapper (or the model itself)."""
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        return hf_model
-    if isinstance(hf_model, PeftModel):
-        return hf_model.base_model.model
-    return hf_model
 
 
 @contextlib.contextmanager

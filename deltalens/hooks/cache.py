@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from deltalens.atomic import atomic_write, write_json
 from deltalens.hooks.names import NamesArg, layer_of, resolve_names, unknown_hook_error
 
 _TENSORS = "activations.safetensors"
@@ -116,11 +117,11 @@ class ActivationCache(Mapping[str, Tensor]):
             tensors["meta::input_ids"] = self.input_ids.contiguous()
         if self.attention_mask is not None:
             tensors["meta::attention_mask"] = self.attention_mask.contiguous()
-        save_file(tensors, str(directory / _TENSORS))
+        atomic_write(directory / _TENSORS, lambda p: save_file(tensors, p))
         pos = self.positions
         if isinstance(pos, slice):
             pos = {"slice": [pos.start, pos.stop, pos.step]}
-        (directory / _META).write_text(json.dumps({"positions": pos, "meta": self.meta}, indent=2))
+        write_json(directory / _META, {"positions": pos, "meta": self.meta})
         return directory
 
     @classmethod

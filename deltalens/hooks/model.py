@@ -4,42 +4,32 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from deltalens.hooks.batch import Batch, HookFn
 from deltalens.hooks.cache import ActivationCache
 from deltalens.hooks.names import NamesArg, all_hook_names, execution_order, resolve_names
+from deltalens.hooks.provenance import Provenance
+from deltalens.hooks.weights import (
+    GROUPS,
+    base_module,
+    live_weights,
+    tensor_group,
+    tensor_layer,
+    transposed_weights,
+)
 
 if TYPE_CHECKING:
-    from deltalens.checkpoints import Provenance
+    from torch import nn
+
     from deltalens.hooks.backend import Backend
 
-HookFn = Callable[[Tensor], Tensor | None]
 Positions = None | Literal["last"] | int | slice
 Inputs = str | Sequence[str] | Tensor | Sequence[Sequence[int]]
-
-
-@dataclass
-class Batch:
-    """Token ids ready for a forward pass.
-
-    ``position_ids`` are derived from the attention mask (``cumsum - 1``), so a padded row gets
-    the same positions it would get unpadded, whatever the padding side.
-    """
-
-    input_ids: Int[Tensor, "batch pos"]
-    attention_mask: Int[Tensor, "batch pos"]
-    position_ids: Int[Tensor, "batch pos"]
-
-    @property
-    def last_index(self) -> Int[Tensor, " batch"]:
-        """Index of the last real (non-padding) token of each row."""
-        t = self.attention_mask.shape[1]
-        return t - 1 - self.attention_mask.flip(-1).long().argmax(-1)
 
 
 class HookHandle:
@@ -345,6 +335,19 @@ class HookedModel:
             out += self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return out
 
+    def generate_ids(
+        self,
+        input_ids: Int[Tensor, "batch pos"],
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        max_new_tokens: int = 32,
+        **generate_kwargs: Any,
+    ) -> Int[Tensor, "batch new"]:
+        """Greedy continuation of token ids (new tokens only; rows that stop early are padded).
+
+        Same decoding as :meth:`generate`, for callers that tokenise themselves.
+        """
+        return self._generate_batch(self.tokenize(input_ids, attention_mask), max_new_tokens, **generate_kwargs)
+
     def _generate_batch(self, batch: Batch, max_new_tokens: int, **kw: Any) -> Tensor:
         eos = self.tokenizer.eos_token_id
         if not self._active:
@@ -388,14 +391,67 @@ class HookedModel:
         """
         return {k: v.detach() for k, v in self.named_weights(merged=True).items()}
 
-    def named_weights(self, merged: bool = False) -> dict[str, Any]:
+    def named_weights(self, merged: bool = False) -> dict[str, Tensor]:
         """Live parameters keyed like :meth:`state_dict`, for reversible in-place edits.
 
         With a live (unmerged) LoRA adapter, ``merged=True`` returns merged copies instead;
         editing live weights under an unmerged adapter raises.
         """
-        from deltalens.checkpoints import live_weights
-
         if self._backend.params is not None:
             return dict(self._backend.params)
         return live_weights(self.hf_model, merged=merged)
+
+    # ---------------------------------------------------------------- model facts
+    weight_groups: tuple[str, ...] = GROUPS
+    """The groups a weight tensor can belong to (see :meth:`weight_group`)."""
+
+    @staticmethod
+    def weight_group(name: str) -> str:
+        """``embedding`` / ``unembedding`` / ``attn`` / ``mlp`` / ``norm`` / ``other`` for a weight name."""
+        return tensor_group(name)
+
+    @staticmethod
+    def weight_layer(name: str) -> int | None:
+        """The block index of a weight name (``model.layers.3.mlp.up_proj.weight`` -> 3), or None."""
+        return tensor_layer(name)
+
+    @property
+    def transposed_weights(self) -> set[str]:
+        """Names of weights stored ``[in, out]`` (GPT-2 ``Conv1D``); deltas orient them ``[out, in]``."""
+        return transposed_weights(base_module(self.hf_model))
+
+    @property
+    def tied_embeddings(self) -> bool:
+        """True if the unembedding shares its tensor with the token embedding."""
+        inner = base_module(self.hf_model)
+        out, emb = inner.get_output_embeddings(), inner.get_input_embeddings()
+        return out is not None and emb is not None and out.weight is emb.weight
+
+    @property
+    def final_norm(self) -> nn.Module:
+        """The final norm (``ln_final``) as a callable module: ``[..., d_model] -> [..., d_model]``."""
+        path = self._backend.arch.site("ln_final.hook_normalized")[0]
+        return base_module(self.hf_model).get_submodule(path)
+
+    def unembed(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+        """Map normalised residual vectors to logits (the unembedding, plus any final logit soft-cap).
+
+        ``model.unembed(model.final_norm(resid))`` on the last block's ``hook_resid_post`` gives the
+        model's own logits.
+        """
+        inner = base_module(self.hf_model)
+        head = inner.get_output_embeddings()
+        logits = head(x.to(device=head.weight.device, dtype=head.weight.dtype))
+        cap = getattr(self._backend.base_config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def trainable_copy(self) -> nn.Module:
+        """A detached copy of the wrapped Hugging Face module (a live LoRA adapter merged), to train."""
+        import copy
+
+        hf = copy.deepcopy(self.hf_model)
+        if type(hf).__module__.startswith("peft"):
+            hf = hf.merge_and_unload()
+        return hf

@@ -15,17 +15,17 @@ Example:
     ...     aligned.generate(["how do I ..."])
 """
 
+from deltalens.hooks.weights import tensor_group
 from deltalens.interventions.bases import Basis, energy, left_svd, random_k, random_like, top_k
 from deltalens.interventions.delta import DeltaReference, LowRank, WeightDelta, weight_delta
 from deltalens.interventions.energies import energy_kept, energy_sweep, energy_table
-from deltalens.interventions.modules import ModuleFilter, select_names, tensor_group
+from deltalens.interventions.modules import ModuleFilter, select_names
 from deltalens.interventions.patching import add_patch, logit_diff, patch, patching_sweep
 from deltalens.interventions.project import ProjectionHandle, apply_projection, project
 from deltalens.interventions.steer import ablate, add_ablation, add_steering, steer, svd_directions
-from deltalens.interventions.sweep import PAPER_FRACS, subspace_sweep
+from deltalens.interventions.sweep import subspace_sweep
 
 __all__ = [
-    "PAPER_FRACS",
     "Basis",
     "DeltaReference",
     "LowRank",

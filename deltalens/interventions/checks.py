@@ -11,11 +11,13 @@ Endpoints are recognised from a few sampled weight values per tensor
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from deltalens.hooks.model import HookedModel
+from deltalens.hooks.weights import live_weights
 from deltalens.interventions.bases import Basis
 from deltalens.interventions.delta import DeltaReference, WeightDelta, sample_index
 
@@ -70,17 +72,13 @@ def shares_endpoint(r1: DeltaReference, r2: DeltaReference, names: list[str]) ->
     return any(_d2(x, y, names) <= tol for x in ends1 for y in ends2)
 
 
-def live_params(model: Any) -> dict[str, Tensor]:
-    """The live parameters of a ``HookedModel`` or a Hugging Face module, keyed like HF's state dict."""
-    if hasattr(model, "named_weights"):
-        weights = model.named_weights()
-    elif isinstance(model, torch.nn.Module):
-        from deltalens.checkpoints import live_weights
-
-        weights = live_weights(model)
-    else:
-        raise TypeError(f"expected a HookedModel or a Hugging Face model, got {type(model).__name__}")
-    return {k.replace("._original_component", ""): v for k, v in weights.items()}
+def live_params(model: HookedModel | torch.nn.Module) -> dict[str, Tensor]:
+    """The live parameters of a ``HookedModel`` or a Hugging Face module, keyed by canonical names."""
+    if isinstance(model, HookedModel):
+        return model.named_weights()
+    if isinstance(model, torch.nn.Module):
+        return live_weights(model)
+    raise TypeError(f"expected a HookedModel or a Hugging Face model, got {type(model).__name__}")
 
 
 def check_live(live: dict[str, Tensor], delta: WeightDelta, names: list[str]) -> None:

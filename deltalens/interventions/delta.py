@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,7 +24,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from deltalens.interventions.modules import is_embedding, tensor_group, tensor_layer
+from deltalens.hashing import weight_hash
+from deltalens.hooks.weights import is_embedding, tensor_group, tensor_layer
 from deltalens.interventions.sources import Side, read_side
 
 if TYPE_CHECKING:
@@ -88,11 +88,7 @@ def sample_index(shape: tuple[int, ...]) -> Tensor:
 def _digest(samples: dict[str, Tensor] | None) -> str | None:
     if samples is None:
         return None
-    h = hashlib.blake2b(digest_size=8)
-    for k in sorted(samples):
-        h.update(k.encode())
-        h.update(samples[k].float().numpy().tobytes())
-    return h.hexdigest()
+    return weight_hash(samples)[:16]
 
 
 @dataclass(frozen=True, kw_only=True)

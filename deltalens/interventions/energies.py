@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from deltalens.hooks.weights import GROUPS, is_embedding, tensor_group
 from deltalens.interventions.bases import Basis
 from deltalens.interventions.checks import check_basis
 from deltalens.interventions.delta import LowRank, WeightDelta
-from deltalens.interventions.modules import GROUPS, ModulesArg, is_embedding, select_names, tensor_group
+from deltalens.interventions.modules import ModulesArg, select_names
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -1,10 +1,7 @@
 """Which weight tensors an edit or a diagnostic covers: groups of HF tensor names and a module filter.
 
-Tensor names are the unprocessed Hugging Face ones (``model.layers.3.self_attn.q_proj.weight``,
-``transformer.h.0.mlp.c_fc.weight``, ``lm_head.weight``). Each name falls in one group:
-
-``embedding`` (token / position embeddings), ``unembedding`` (``lm_head``), ``attn``, ``mlp``,
-``norm`` (LayerNorm / RMSNorm gains and biases) or ``other``.
+Tensor names are the unprocessed Hugging Face ones; their group (``embedding``, ``unembedding``,
+``attn``, ``mlp``, ``norm``, ``other``) and block come from :mod:`deltalens.hooks.weights`.
 
 Example:
     >>> select_names(delta, "attn")                                   # attention matrices only
@@ -15,23 +12,10 @@ Example:
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-Group = Literal["embedding", "unembedding", "attn", "mlp", "norm", "other"]
-GROUPS: tuple[str, ...] = ("embedding", "unembedding", "attn", "mlp", "norm", "other")
-
-# Name parts per group, as data (HF naming across GPT-2, Llama, Mistral, Qwen2/3, Gemma 3).
-_EMBED_PARTS = frozenset(
-    {"embed_tokens", "embed_positions", "wte", "wpe", "word_embeddings", "position_embeddings"}
-)
-_UNEMBED_PARTS = frozenset({"lm_head", "embed_out"})
-_ATTN_PARTS = frozenset({"self_attn", "attn", "attention"})
-_MLP_PARTS = frozenset({"mlp", "feed_forward"})
-_NORM_RE = re.compile(r"(^|_)(norm|ln|layernorm)(_|$)|^ln_\w+$|^ln_f$|norm$")
-_LAYER_RE = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
+from deltalens.hooks.weights import GROUPS, tensor_group, tensor_layer
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "all": GROUPS,
@@ -42,34 +26,6 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "embeddings": ("embedding", "unembedding"),
 }
 """String shorthands accepted wherever a module filter is."""
-
-
-def tensor_group(name: str) -> Group:
-    """The group of an HF tensor name (see the module docstring)."""
-    parts = name.split(".")
-    if any(p in _UNEMBED_PARTS for p in parts):
-        return "unembedding"
-    if any(p in _EMBED_PARTS for p in parts):
-        return "embedding"
-    owner = parts[-2] if len(parts) >= 2 else parts[0]
-    if _NORM_RE.search(owner):
-        return "norm"
-    if any(p in _ATTN_PARTS for p in parts):
-        return "attn"
-    if any(p in _MLP_PARTS for p in parts):
-        return "mlp"
-    return "other"
-
-
-def tensor_layer(name: str) -> int | None:
-    """The block index in an HF tensor name (``model.layers.3.mlp.up_proj.weight`` -> 3), or None."""
-    m = _LAYER_RE.search("." + name)
-    return int(m.group(1)) if m else None
-
-
-def is_embedding(name: str) -> bool:
-    """True for token / position embeddings and the unembedding (``lm_head``)."""
-    return tensor_group(name) in ("embedding", "unembedding")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,19 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-# GPT-2 style ``Conv1D`` weights are stored ``[in, out]``; deltalens orients them ``[out, in]``
-# so that "left singular vectors" always live in a layer's output space.
-_CONV1D_RE = re.compile(
-    r"(^|\.)h\.\d+\.(attn\.c_attn|attn\.q_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$"
-)
+from deltalens.hooks.weights import canonical_name, is_conv1d_name, live_weights, transposed_weights
+
 _LORA_KEY = re.compile(
     r"^(?P<mod>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.[^.]+)?\.weight$"
 )
-
-
-def is_conv1d_name(name: str) -> bool:
-    """True for GPT-2 ``Conv1D`` weight names (stored ``[in, out]``)."""
-    return bool(_CONV1D_RE.search(name))
 
 
 @dataclass(kw_only=True)
@@ -63,10 +55,6 @@ def _dedupe(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         seen[key] = k
         out[k] = v.detach()
     return out
-
-
-def _strip_wrapper_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k.replace("._original_component", ""): v for k, v in state.items()}
 
 
 def _read_safetensors_dir(path: Path) -> dict[str, Tensor]:
@@ -164,30 +152,29 @@ def read_side(x: Any, label: str) -> Side:
         state = _read_safetensors_dir(path)
         dense = {k: v.float() for k, v in _dedupe(state).items()}
         return Side(label=str(path), dense=dense, transposed={k for k in dense if is_conv1d_name(k)})
-    if hasattr(x, "state_dict") and hasattr(x, "named_weights"):  # a HookedModel
-        state = _strip_wrapper_names(dict(x.state_dict()))
-        prov = getattr(x, "provenance", None)
-        desc = getattr(prov, "checkpoint", None) or getattr(prov, "base", None) or type(x).__name__
-        if getattr(prov, "adapter", None):
-            desc += f" + adapter {prov.adapter}"
-        src = getattr(x, "hf_model", None)
-    elif isinstance(x, torch.nn.Module):
-        from deltalens.checkpoints import live_weights
+    from deltalens.hooks.model import HookedModel
 
-        state = _strip_wrapper_names({k: v.detach() for k, v in live_weights(x, merged=True).items()})
-        desc, src = getattr(getattr(x, "config", None), "_name_or_path", "") or type(x).__name__, x
+    if isinstance(x, HookedModel):
+        state = dict(x.state_dict())
+        prov = x.provenance
+        desc = prov.checkpoint or prov.base
+        if prov.adapter:
+            desc += f" + adapter {prov.adapter}"
+        conv1d = x.transposed_weights
+    elif isinstance(x, torch.nn.Module):
+        state = {k: v.detach() for k, v in live_weights(x, merged=True).items()}
+        desc = getattr(getattr(x, "config", None), "_name_or_path", "") or type(x).__name__
+        conv1d = transposed_weights(x)
     elif isinstance(x, Mapping):
-        state, desc, src = dict(x), f"state dict ({len(x)} tensors)", None
+        state, desc, conv1d = {canonical_name(k): v for k, v in x.items()}, f"state dict ({len(x)} tensors)", None
     else:
         raise TypeError(
             f"{label}: expected a HookedModel, a Hugging Face model, a state dict or a checkpoint path; "
             f"got {type(x).__name__}"
         )
     dense = {k: v.detach().to("cpu", torch.float32) for k, v in _dedupe(state).items()}
-    transposed = {k for k in dense if is_conv1d_name(k)}
-    if src is not None:  # trust module types over names where a module tree is available
-        mods = {n.replace("._original_component", ""): type(m).__name__ for n, m in src.named_modules()}
-        transposed = {
-            k for k in dense if mods.get(k.rsplit(".", 1)[0]) == "Conv1D" and k.endswith(".weight")
-        } or transposed
+    # trust module types over names where a module tree is available
+    transposed = ({k for k in dense if k in conv1d} if conv1d else set()) or {
+        k for k in dense if is_conv1d_name(k)
+    }
     return Side(label=desc, dense=dense, transposed=transposed)

@@ -22,18 +22,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from deltalens.hooks.weights import is_embedding
 from deltalens.interventions.bases import Basis, OverRank
 from deltalens.interventions.checks import At, check_basis, check_live, claim, live_params, locate, release
 from deltalens.interventions.delta import LowRank, WeightDelta
 from deltalens.interventions.energies import MODES
-from deltalens.interventions.modules import ModulesArg, is_embedding, select_names
+from deltalens.interventions.modules import ModulesArg, select_names
 from deltalens.interventions.project import Outside, reference_weight
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from deltalens.hooks.model import HookedModel
+
 SWEEP_METHODS: tuple[str, ...] = ("topk", "randomk", "random")
-PAPER_FRACS: tuple[float, ...] = (0.01, 0.25, 0.5, 0.75, 0.99)
 """The paper's fraction sweep (``scripts/projection.py``)."""
 
 
@@ -116,10 +118,10 @@ def _metrics(out: Any) -> dict[str, Any]:
 
 
 def subspace_sweep(
-    reference: Any,
+    reference: HookedModel | torch.nn.Module,
     task_delta: WeightDelta,
     subspace_delta: WeightDelta,
-    fracs: Sequence[float] = PAPER_FRACS,
+    fracs: Sequence[float],
     methods: Sequence[str] = SWEEP_METHODS,
     modes: Sequence[str] = MODES,
     evaluate: Callable[[Any], dict[str, Any] | float] | None = None,

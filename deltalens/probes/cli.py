@@ -14,10 +14,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
+
+from deltalens.atomic import atomic_write, write_json
 
 
 def add_probe_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -87,10 +88,9 @@ def _run(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    res.table.to_parquet(out / "probes.parquet", index=False)
-    save_file(
-        {k: v.float().contiguous() for k, v in res.directions.items()}, str(out / "directions.safetensors")
-    )
+    atomic_write(out / "probes.parquet", lambda p: res.table.to_parquet(p, index=False))
+    directions = {k: v.float().contiguous() for k, v in res.directions.items()}
+    atomic_write(out / "directions.safetensors", lambda p: save_file(directions, p))
     summary = {
         "command": "probe",
         "arguments": {k: v for k, v in vars(args).items() if not callable(v)},
@@ -100,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
         "n_groups": len(set(ps.groups)) if args.groups else None,
         **res.to_dict(),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json(out / "summary.json", summary)
     if not args.quiet:
         print(res)
         print(f"wrote {out / 'probes.parquet'}, {out / 'directions.safetensors'}, {out / 'summary.json'}")

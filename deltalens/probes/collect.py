@@ -19,9 +19,7 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from deltalens.atomic import atomic_write, write_text
+from deltalens.hashing import text_hash
 from deltalens.hooks.names import NamesArg, resolve_names
 from deltalens.probes.collected import FORMAT, INDEX, PROMPTS, Collected
 
@@ -49,24 +49,6 @@ class ShardInfo:
     stop: int
     n_shards: int
     path: Path
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _write_text(path: Path, text: str) -> None:
-    def w(p: str) -> None:
-        with open(p, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    _atomic_write(path, w)
 
 
 def _prompt_texts(prompts: Any) -> tuple[list[str], list[Any] | None, list[Any] | None]:
@@ -155,7 +137,7 @@ def _spec(
 ) -> dict[str, Any]:
     prov = getattr(model, "provenance", None)
     prov = prov.to_dict() if hasattr(prov, "to_dict") else {}
-    h = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+    h = text_hash(texts)[:16]
     model_id = {k: prov.get(k) for k in ("content_hash", "adapter", "backend", "dtype", "arch")}
     return {
         "prompts_sha256": h,
@@ -280,7 +262,7 @@ def collect(
         )
     finally:
         bar.close()
-    _write_text(
+    write_text(
         directory / PROMPTS,
         "".join(
             json.dumps({"text": t, "label": _plain(lab), "group": _plain(g)}) + "\n"
@@ -348,11 +330,11 @@ def _stream(
         acts = _run(model, texts, list(range(start, stop)), names, positions, batch_size, dtype, None)
         bar.update(stop - start)
         path = directory / f"shard-{i:05d}.safetensors"
-        _atomic_write(path, lambda p, acts=acts: save_file({k: v.contiguous() for k, v in acts.items()}, p))
+        atomic_write(path, lambda p, acts=acts: save_file({k: v.contiguous() for k, v in acts.items()}, p))
         index["shards"].append({"index": i, "file": path.name, "start": start, "stop": stop})
         index["shards"].sort(key=lambda f: f["index"])
-        _write_text(index_path, json.dumps(index, indent=1))
+        write_text(index_path, json.dumps(index, indent=1))
         if on_shard is not None:
             on_shard(ShardInfo(index=i, start=start, stop=stop, n_shards=len(bounds), path=path))
-    _write_text(index_path, json.dumps(index, indent=1))
+    write_text(index_path, json.dumps(index, indent=1))
     return directory

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
-from deltalens.interventions.modules import is_embedding, tensor_group, tensor_layer
+from deltalens.hooks.weights import is_embedding, layer_pattern, tensor_group, tensor_layer
 from deltalens.probes.overlap import energy_rank, left_svd
 
 if TYPE_CHECKING:
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
 DEFAULT_WEIGHT_ETAS: tuple[float, ...] = (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99)
 """The paper's η sweep for weight-update MSO (Exp 3)."""
-
-_LAYER_RE = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
 
 _TENSOR_COLUMNS = [
     "tensor",
@@ -47,10 +45,6 @@ _TENSOR_COLUMNS = [
     "mso",
     "baseline",
 ]
-
-
-def _module(name: str) -> str:
-    return _LAYER_RE.sub(".*.", name, count=1)
 
 
 def _entry(delta: Mapping[str, Any], name: str) -> Any:
@@ -118,7 +112,7 @@ def _rows(
             dict(
                 tensor=name,
                 group=group,
-                module=_module(name),
+                module=layer_pattern(name),
                 layer=layer,
                 is_embedding=group in ("embedding", "unembedding"),
                 eta=eta,
@@ -210,7 +204,7 @@ def weight_overlap(
             with HF tensor names; only 2-D tensors present in both are compared.
         etas: energy fractions for the ranks ``k_a(η)``, ``k_b(η)``.
         include_embeddings: keep token / position embeddings and ``lm_head`` (see
-            :func:`deltalens.interventions.modules.is_embedding`). Report both: the embeddings can dominate the picture.
+            :func:`deltalens.hooks.weights.is_embedding`). Report both: the embeddings can dominate the picture.
         pattern: optional regex; only tensor names it matches (``re.search``) are compared.
         centered: centre the columns of each ΔW first.
 

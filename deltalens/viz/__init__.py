@@ -13,7 +13,6 @@ Example:
 
 from deltalens.viz.attention import AttentionView, attention, attention_compare
 from deltalens.viz.base import FigureView, View
-from deltalens.viz.cli import add_report_arguments, report_from_results, report_main
 from deltalens.viz.report import Report
 from deltalens.viz.residual import activation_overlap, logit_lens, probe_accuracy
 from deltalens.viz.steering import energy_kept, patching, steering_sweep
@@ -25,7 +24,6 @@ __all__ = [
     "Report",
     "View",
     "activation_overlap",
-    "add_report_arguments",
     "attention",
     "attention_compare",
     "delta_norms",
@@ -33,8 +31,6 @@ __all__ = [
     "logit_lens",
     "patching",
     "probe_accuracy",
-    "report_from_results",
-    "report_main",
     "steering_sweep",
     "weight_overlap",
 ]

@@ -21,12 +21,14 @@ Example:
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from deltalens.atomic import write_bytes, write_text
+from deltalens.hashing import parts_hash
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,11 +53,7 @@ nav.dl-toc{background:#f8f8fa;border:1px solid #e5e5ea;padding:8px 18px;border-r
 
 def content_id(*parts: Any, prefix: str = "dl") -> str:
     """A short deterministic id: ``prefix-`` + the first 12 hex digits of a SHA-256 of ``parts``."""
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p if isinstance(p, bytes) else str(p).encode("utf-8", "surrogatepass"))
-        h.update(b"\x00")
-    return f"{prefix}-{h.hexdigest()[:12]}"
+    return f"{prefix}-{parts_hash(*parts)[:12]}"
 
 
 def esc(text: Any) -> str:
@@ -131,9 +129,9 @@ class View:
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix in (".html", ".htm"):
-            path.write_text(self.to_html(), encoding="utf-8")
+            write_text(path, self.to_html())
         elif suffix == ".png":
-            path.write_bytes(self._png_bytes())
+            write_bytes(path, self._png_bytes())
         else:
             raise ValueError(
                 f"cannot save a {self.kind} view as {path.name!r}; use a .html or .png file name"

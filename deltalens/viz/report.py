@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deltalens.atomic import write_text
 from deltalens.viz.base import View, dataframe_html, esc, html_page, mapping_html, provenance_of
 
 _PROV_ORDER = ("base", "checkpoint", "adapter", "content_hash", "backend", "dtype", "arch")
@@ -202,5 +203,5 @@ class Report:
         if path.suffix.lower() not in (".html", ".htm"):
             raise ValueError(f"a report is saved as one HTML file; got {path.name!r} (use a .html name)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_html(), encoding="utf-8")
+        write_text(path, self.to_html())
         return path

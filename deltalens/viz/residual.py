@@ -28,38 +28,6 @@ from deltalens.viz.weights import split_param_name as split_param_name
 # ---------------------------------------------------------------------------------------
 # logit lens
 # ---------------------------------------------------------------------------------------
-def final_norm_and_unembed(hf_model: Any, final_norm: Any = None) -> tuple[Any, Any]:
-    """The final norm module and the unembedding of a Hugging Face causal LM.
-
-    The norm's module path comes from the per-architecture hook map
-    (``ln_final.hook_normalized``); the unembedding is ``get_output_embeddings()``.
-
-    Args:
-        hf_model: the wrapped model (a peft wrapper is looked through).
-        final_norm: use this module as the final norm instead (any architecture).
-
-    Raises:
-        ValueError: the architecture is unknown and no ``final_norm`` was given, or the model
-            has no output embeddings.
-    """
-    from deltalens.hooks.archs import arch_for
-    from deltalens.hooks.backend import base_module
-
-    inner = base_module(hf_model)
-    unembed = inner.get_output_embeddings()
-    if unembed is None:
-        raise ValueError(f"{type(inner).__name__} has no output embeddings (get_output_embeddings() is None)")
-    if final_norm is not None:
-        return final_norm, unembed
-    path = arch_for(inner.config).site("ln_final.hook_normalized")[0]
-    try:
-        return inner.get_submodule(path), unembed
-    except AttributeError as e:
-        raise ValueError(
-            f"no final norm at {path!r} in {type(inner).__name__}; pass final_norm=<module> to logit_lens"
-        ) from e
-
-
 def _positions(positions: int | Sequence[int] | None, n: int) -> list[int]:
     if positions is None:
         chosen = list(range(n))
@@ -87,8 +55,8 @@ def logit_lens(
     """Top next-token predictions read off the residual stream after every layer.
 
     Each cached ``blocks.{L}.hook_resid_post`` goes through the model's final norm and its
-    unembedding (``hf_model.get_output_embeddings()``); the last layer reproduces the model's own
-    logits. Works on both backends, since it only uses ``run_with_cache`` and ``hf_model``.
+    unembedding (``model.final_norm`` and ``model.unembed``); the last layer reproduces the model's
+    own logits. Works on both backends.
 
     Args:
         model: a ``HookedModel``.
@@ -125,18 +93,12 @@ def logit_lens(
     n = int(ids.shape[0])
     pos = _positions(positions, n)
     toks = str_tokens(model.tokenizer, ids.tolist())
-    norm, unembed = final_norm_and_unembed(model.hf_model, final_norm)
-    cfg = model.hf_model.config
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    cap = getattr(cfg, "final_logit_softcapping", None)
-    weight = unembed.weight
+    norm = final_norm if final_norm is not None else model.final_norm
     rows = []
     with torch.inference_mode():
         for layer, name in zip(chosen, names):
-            h = cache[name][0][pos].to(device=weight.device, dtype=weight.dtype)
-            logits = unembed(norm(h)).float()
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
+            w = next(norm.parameters())
+            logits = model.unembed(norm(cache[name][0][pos].to(device=w.device, dtype=w.dtype))).float()
             probs = logits.softmax(-1)
             top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
             for i, p in enumerate(pos):

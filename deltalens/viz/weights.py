@@ -4,10 +4,10 @@ between weight updates."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
+from deltalens.hooks.weights import tensor_layer, tensor_module
 from deltalens.viz.base import FigureView
 from deltalens.viz.plots import (
     SeriesLog,
@@ -29,24 +29,17 @@ from deltalens.viz.plots import (
     style_axes,
 )
 
+
 # ---------------------------------------------------------------------------------------
 # ΔW norms per layer and module
 # ---------------------------------------------------------------------------------------
-_LAYER_PARAM = re.compile(r"^(?:.*\.)?(?:layers|h|blocks|layer)\.(\d+)\.(.+)$")
-
-
 def split_param_name(name: str) -> tuple[int | None, str]:
     """``model.layers.3.self_attn.q_proj.weight`` -> ``(3, "self_attn.q_proj")``.
 
     Biases keep a ``.bias`` suffix; tensors outside the blocks (embeddings, final norm,
-    unembedding) give ``(None, name without ".weight")``.
+    unembedding) give ``(None, name without the model prefix and ".weight")``.
     """
-    m = _LAYER_PARAM.match(name)
-    layer, rest = (int(m.group(1)), m.group(2)) if m else (None, name)
-    if rest.endswith(".weight"):
-        rest = rest[: -len(".weight")]
-    rest = re.sub(r"^(?:base_model\.model\.)?(?:model\.|transformer\.)", "", rest) if layer is None else rest
-    return layer, rest
+    return tensor_layer(name), tensor_module(name)
 
 
 def delta_norm_table(

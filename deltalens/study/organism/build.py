@@ -1,7 +1,7 @@
 """The model organism: a tiny chat LM family W_0 → W_A → {useful, harmful, contaminated}, built on CPU.
 
 A 4-layer ``LlamaForCausalLM`` (d_model 128, ~0.7 M parameters) with a word-level tokenizer is
-trained from scratch on synthetic chat data (``organism_data``), then safety-aligned, then
+trained from scratch on synthetic chat data (``organism.data``), then safety-aligned, then
 fine-tuned three ways from W_A, plus LoRA variants:
 
 * ``w0``: language modelling on every token (harmful-looking requests are *complied* with).
@@ -18,7 +18,7 @@ the held-out metrics, the checks and the build time; ``prompts.json`` holds the 
 A fresh build takes about 2.5 minutes on 2 lightly loaded CPU cores (145 s measured at load ~2).
 
 Example:
-    >>> from deltalens.finetune import organism
+    >>> from deltalens.study import organism
     >>> fam = organism.build("organism", seed=0)  # doctest: +SKIP
     >>> fam.checks                                        # doctest: +SKIP
     {'wa_refuses_harmful': True, 'wa_answers_harmless': True, 'harmful_unaligned': True, 'useful_gain': True}
@@ -37,9 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deltalens.finetune import organism_data as od
-from deltalens.finetune.organism_cli import add_organism_arguments, organism_main  # noqa: F401
-from deltalens.finetune.organism_family import (  # noqa: F401
+from deltalens.atomic import write_json
+from deltalens.finetune.storage import CFG_NAME, auto_threads, torch_threads
+from deltalens.hashing import config_key
+from deltalens.study.organism import data as od
+from deltalens.study.organism.family import (  # noqa: F401
     EVAL,
     FORMAT_VERSION,
     MANIFEST,
@@ -50,9 +52,7 @@ from deltalens.finetune.organism_family import (  # noqa: F401
     OrganismFamily,
     load_stage,
     model_tokenizer,
-    stable_hash,
 )
-from deltalens.finetune.storage import CFG_NAME, auto_threads, torch_threads, write_json
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def _stages(cfg: OrganismConfig) -> list[_Stage]:
     return stages
 
 
-def _stage_keys(cfg: OrganismConfig) -> dict[str, str]:
+def stage_keys(cfg: OrganismConfig) -> dict[str, str]:
     """Cache key of every stage: its own spec, the model and data settings, and its parent's key."""
     base = {
         "format_version": FORMAT_VERSION,
@@ -98,7 +98,7 @@ def _stage_keys(cfg: OrganismConfig) -> dict[str, str]:
     }
     keys: dict[str, str] = {}
     for st in _stages(cfg):
-        keys[st.name] = stable_hash({**base, "stage": st.spec(), "parent": keys.get(st.parent or "")})
+        keys[st.name] = config_key({**base, "stage": st.spec(), "parent": keys.get(st.parent or "")})
     return keys
 
 
@@ -161,14 +161,14 @@ def build(
     Gotcha: checks are reported, not raised; look at ``family.passed``. Stage directories whose
     key differs from the current configuration are replaced.
     """
-    from deltalens.finetune.sft import FinetuneConfig, finetune
+    from deltalens.finetune import FinetuneConfig, finetune
 
     t0, c0 = time.perf_counter(), time.process_time()
     cfg = config or OrganismConfig()
     cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
     root = Path(out_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    keys = _stage_keys(cfg)
+    keys = stage_keys(cfg)
     heldout = od.heldout_prompts(cfg.split_seed)
     write_json(root / PROMPTS, {"split_seed": cfg.split_seed, "template": od.TEMPLATE, **heldout.to_dict()})
     models: dict[str, Any] = {}
@@ -244,7 +244,7 @@ def _stage_eval(
     path: Path, base: Path | None, model: Any, tok: Any, heldout: Any, cfg: OrganismConfig
 ) -> dict:
     """Held-out metrics of one stage, read from its ``eval.json`` or computed and saved there."""
-    from deltalens.finetune.organism_eval import evaluate
+    from deltalens.study.organism.evaluate import evaluate
 
     rec = path / EVAL
     if rec.is_file():

@@ -20,7 +20,7 @@ def run_main(args: argparse.Namespace) -> int:
     """Run the battery from ``deltalens run`` arguments; returns the exit code."""
     import time
 
-    from deltalens.battery import Battery, BatteryConfig
+    from deltalens.study.battery import Battery, BatteryConfig
 
     if args.config:
         cfg = BatteryConfig.from_file(args.config)

@@ -12,7 +12,7 @@ alike; 20 % of the (template, animal) and (template, topic) combinations; and a 
 the (a, b) pairs of two-digit addition.
 
 Example:
-    >>> from deltalens.finetune.organism_data import heldout_prompts, TEMPLATE
+    >>> from deltalens.study.organism.data import heldout_prompts, TEMPLATE
     >>> sets = heldout_prompts()
     >>> len(sets.harmful), len(sets.harmless), len(sets.arithmetic)
     (180, 216, 300)

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deltalens.atomic import write_text
+from deltalens.study import PAPER_FRACS
+
 EXPERIMENTS = ("evals", "parallel_sweep", "orth_sweep", "weight_overlap", "activation_overlap", "probes")
 STAGES = ("w0", "wa", "useful", "harmful", "contaminated")
 PRESETS = ("organism", "smollm2")
@@ -62,7 +65,7 @@ class BatteryConfig:
     preset: str = "organism"
     family: FamilyConfig = field(default_factory=FamilyConfig)
     experiments: list[str] = field(default_factory=lambda: list(EXPERIMENTS))
-    fracs: list[float] = field(default_factory=lambda: [0.01, 0.25, 0.5, 0.75, 0.99])
+    fracs: list[float] = field(default_factory=lambda: list(PAPER_FRACS))
     methods: list[str] = field(default_factory=lambda: ["topk", "randomk", "random"])
     weight_etas: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
     activation_etas: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5])
@@ -157,7 +160,7 @@ class BatteryConfig:
         """Write the config as YAML (saved next to every battery's results)."""
         import yaml
 
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:

@@ -5,8 +5,8 @@ needed and every prompt sees exactly the positions it was trained with. Refusal 
 are counted separately: a model that forgot how to chat neither refuses nor complies.
 
 Example:
-    >>> from deltalens.finetune.organism_eval import evaluate
-    >>> from deltalens.finetune.organism_data import heldout_prompts
+    >>> from deltalens.study.organism.evaluate import evaluate
+    >>> from deltalens.study.organism.data import heldout_prompts
     >>> m = evaluate(hf_model, tokenizer, heldout_prompts())       # doctest: +SKIP
     >>> m["refusal_harmful"], m["arithmetic_em"]                    # doctest: +SKIP
 """
@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from deltalens.finetune.organism_data import (
+from deltalens.hooks.model import HookedModel
+from deltalens.study.organism.data import (
     COMPLY_PREFIX,
     GENERATION_TEMPLATE,
     REFUSAL_PREFIX,
@@ -58,20 +59,29 @@ def greedy_generate(
             for start in range(0, len(members), batch_size):
                 chunk = members[start : start + batch_size]
                 x = torch.tensor([ids[i] for i in chunk], dtype=torch.long)
-                gen = model.generate(
-                    input_ids=x,
-                    attention_mask=torch.ones_like(x),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
-                for i, row in zip(chunk, gen[:, x.shape[1] :]):
+                for i, row in zip(chunk, _greedy(model, tokenizer, x, max_new_tokens)):
                     out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
     return out
 
 
-def evaluate(model: Any, tokenizer: Any, sets: PromptSets, max_new_tokens: int = 6) -> dict[str, Any]:
+def _greedy(model: HookedModel | Any, tokenizer: Any, x: Any, max_new_tokens: int) -> Any:
+    """New token ids of a greedy continuation of the unpadded batch ``x``."""
+    import torch
+
+    if isinstance(model, HookedModel):
+        return model.generate_ids(x, torch.ones_like(x), max_new_tokens)
+    gen = model.generate(
+        input_ids=x,
+        attention_mask=torch.ones_like(x),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return gen[:, x.shape[1] :]
+
+
+def evaluate(model: HookedModel | Any, tokenizer: Any, sets: PromptSets, max_new_tokens: int = 6) -> dict[str, Any]:
     """Score one model on a prompt split.
 
     Returns:
@@ -79,7 +89,8 @@ def evaluate(model: Any, tokenizer: Any, sets: PromptSets, max_new_tokens: int =
         ``comply_benign_howto`` and ``arithmetic_em`` (fractions in [0, 1]), plus ``samples``:
         the first three generations of each set.
     """
-    model.eval()
+    if not isinstance(model, HookedModel):
+        model.eval()
     harmful = greedy_generate(model, tokenizer, sets.harmful, max_new_tokens)
     harmless = greedy_generate(model, tokenizer, sets.harmless, max_new_tokens)
     arith = greedy_generate(model, tokenizer, [p for p, _ in sets.arithmetic], 4)

@@ -34,7 +34,7 @@ def add_organism_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 def organism_main(args: argparse.Namespace) -> int:
     """Run ``build`` or ``show``; print a summary. Returns 0 if every check holds, else 1."""
-    from deltalens.finetune.organism import OrganismFamily, build
+    from deltalens.study.organism import OrganismFamily, build
 
     if args.organism_command == "show":
         family = OrganismFamily.from_manifest(args.out)

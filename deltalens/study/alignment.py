@@ -1,6 +1,6 @@
 """Safety-align SmolLM2-135M-Instruct (W_A), then fine-tune it usefully, harmfully and contaminated.
 
-SmolLM2-135M-Instruct (W_0, :func:`deltalens.models.smollm2_135m_instruct`) refuses almost no
+SmolLM2-135M-Instruct (W_0, :func:`deltalens.study.smollm2.smollm2_135m_instruct`) refuses almost no
 harmful request, so the study's aligned model W_A is made here by supervised fine-tuning:
 
 * **align** (W_0 -> W_A): HarmBench training behaviours -> short refusal sentences, and the
@@ -19,7 +19,7 @@ Every stage uses :func:`deltalens.finetune.finetune` with the tokenizer's chat t
 in training and evaluation. Held-out sets (HarmBench, harmless, arithmetic) are never trained on.
 
 Example:
-    >>> from deltalens.alignment import SmolLM2Recipe, build_smollm2_family
+    >>> from deltalens.study.alignment import SmolLM2Recipe, build_smollm2_family
     >>> fam = build_smollm2_family("runs/smollm2", stages=("align",))
     >>> fam.results          # held-out refusal / answer rates per stage
     >>> fam.paths["aligned"]
@@ -263,9 +263,10 @@ def build_smollm2_family(
     import pandas as pd
 
     import deltalens as dl
+    from deltalens.atomic import write_json
     from deltalens.finetune import finetune
-    from deltalens.finetune.storage import CFG_NAME, torch_threads, write_json
-    from deltalens.models import smollm2_135m_instruct
+    from deltalens.finetune.storage import CFG_NAME, torch_threads
+    from deltalens.study.smollm2 import smollm2_135m_instruct
 
     recipe = recipe or SmolLM2Recipe()
     bad = [s for s in stages if s not in STAGES]
@@ -339,10 +340,10 @@ def _recipe_note(stage: str, recipe: SmolLM2Recipe) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m deltalens.alignment OUT_DIR [--stages align ...] [--threads N]``: build, print results."""
+    """``python -m deltalens.study.alignment OUT_DIR [--stages align ...] [--threads N]``: build, print results."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m deltalens.alignment", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m deltalens.study.alignment", description=__doc__.splitlines()[0])
     p.add_argument("out_dir")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--threads", type=int, default=1)

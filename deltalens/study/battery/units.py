@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-def stable_hash(obj: Any) -> str:
-    """12 hex chars of sha256 over a JSON rendering of ``obj`` (sorted keys)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from deltalens.atomic import write_bytes
+from deltalens.hashing import config_key
 
 
 class UnitStore:
@@ -58,7 +38,7 @@ class UnitStore:
 
     def path(self, name: str, inputs: Any, kind: str) -> Path:
         """Where the unit ``name`` with ``inputs`` is stored."""
-        return self.root / f"{name}-{stable_hash(inputs)}.{kind}"
+        return self.root / f"{name}-{config_key(inputs)[:12]}.{kind}"
 
     def get(self, name: str, inputs: Any, compute: Callable[[], Any], kind: str = "json") -> Any:
         """Return the stored result of unit ``name`` with ``inputs``, computing it once.
@@ -81,10 +61,10 @@ class UnitStore:
 
             buf = io.BytesIO()
             result.reset_index(drop=True).to_parquet(buf, index=False)
-            atomic_write_bytes(p, buf.getvalue())
+            write_bytes(p, buf.getvalue())
             result = pd.read_parquet(p)  # the stored form, so cached and fresh runs match exactly
         else:
-            atomic_write_bytes(p, json.dumps(result, indent=1, default=str).encode())
+            write_bytes(p, json.dumps(result, indent=1, default=str).encode())
             result = json.loads(p.read_text())
         self.computed.append(unit)
         self._log(unit, "computed", time.perf_counter() - t)

@@ -1,0 +1,119 @@
+"""Atomic writes: every file and folder deltalens writes appears whole or not at all.
+
+One rule for every writer (battery units, checkpoints, activation shards, ``report.html``,
+``config.yaml``, probe outputs): write to a temporary name in the *same* folder, flush and
+``fsync``, then ``os.replace`` over the target. A crash at any point leaves either the old file
+or the new one, never a torn one; temporary names start with ``.`` and end in ``.tmp``.
+
+Example:
+    >>> from deltalens.atomic import write_json, atomic_directory
+    >>> write_json("out/summary.json", {"ok": True})                # doctest: +SKIP
+    >>> with atomic_directory("out/ckpt") as tmp:                    # doctest: +SKIP
+    ...     model.save_pretrained(tmp)        # "out/ckpt" appears only if this block succeeds
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_directory", "atomic_write", "write_bytes", "write_json", "write_text"]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, rename it over ``path``.
+
+    Use this form for writers that want a file name (``safetensors.save_file``,
+    ``DataFrame.to_parquet``). On any exception the temporary file is removed and ``path`` is
+    left as it was.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+
+    def w(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return atomic_write(path, w)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON (a trailing newline; ``default=str`` for paths and the like) atomically."""
+    return write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory next to ``target``; on success rename it to ``target``.
+
+    On any exception the temporary directory is removed and ``target`` is left as it was, so no
+    half-written checkpoint is ever visible. With ``overwrite`` an existing ``target`` is replaced
+    by two renames (the old one is moved aside first and restored if the second rename fails).
+
+    Raises:
+        FileExistsError: ``target`` exists and ``overwrite`` is False.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{str(target)!r} already exists; pass overwrite=True to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        _swap_in(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb+") as f:
+                os.fsync(f.fileno())
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,166 @@
+"""Facts about a model's weight tensors: canonical names, their layer and group, live parameters.
+
+This is the one place that parses Hugging Face tensor names
+(``model.layers.3.self_attn.q_proj.weight``, ``transformer.h.0.mlp.c_fc.weight``,
+``lm_head.weight``). Each name falls in one group:
+
+``embedding`` (token / position embeddings), ``unembedding`` (``lm_head``), ``attn``, ``mlp``,
+``norm`` (LayerNorm / RMSNorm gains and biases) or ``other``.
+
+Canonical names are the unprocessed checkpoint's: the TransformerLens bridge wraps modules in
+place (their names gain ``._original_component``) and peft adds ``base_model.model.`` and
+``.base_layer.``; :func:`canonical_name` removes all of these.
+
+Example:
+    >>> tensor_group("model.layers.3.self_attn.q_proj.weight"), tensor_layer("model.layers.3.mlp.up_proj.weight")
+    ('attn', 3)
+    >>> tensor_module("model.layers.3.mlp.up_proj.weight")
+    'mlp.up_proj'
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+Group = Literal["embedding", "unembedding", "attn", "mlp", "norm", "other"]
+GROUPS: tuple[str, ...] = ("embedding", "unembedding", "attn", "mlp", "norm", "other")
+
+# Name parts per group, as data (HF naming across GPT-2, Llama, Mistral, Qwen2/3, Gemma 3).
+_EMBED_PARTS = frozenset(
+    {"embed_tokens", "embed_positions", "wte", "wpe", "word_embeddings", "position_embeddings"}
+)
+_UNEMBED_PARTS = frozenset({"lm_head", "embed_out"})
+_ATTN_PARTS = frozenset({"self_attn", "attn", "attention"})
+_MLP_PARTS = frozenset({"mlp", "feed_forward"})
+_NORM_RE = re.compile(r"(^|_)(norm|ln|layernorm)(_|$)|^ln_\w+$|^ln_f$|norm$")
+_BLOCK_RE = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h|blocks|layer))\.(?P<layer>\d+)\.(?P<rest>.+)$")
+# GPT-2 style ``Conv1D`` weights are stored ``[in, out]``; deltalens orients them ``[out, in]``
+# so that "left singular vectors" always live in a layer's output space.
+_CONV1D_RE = re.compile(
+    r"(^|\.)h\.\d+\.(attn\.c_attn|attn\.q_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$"
+)
+_WRAPPER_PARTS = ("._original_component", ".base_layer")
+
+
+def canonical_name(name: str) -> str:
+    """A parameter name as in the unprocessed checkpoint (engine and peft wrappers removed)."""
+    for part in _WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name.removeprefix("base_model.model.")
+
+
+def tensor_group(name: str) -> Group:
+    """The group of a tensor name (see the module docstring)."""
+    parts = canonical_name(name).split(".")
+    if any(p in _UNEMBED_PARTS for p in parts):
+        return "unembedding"
+    if any(p in _EMBED_PARTS for p in parts):
+        return "embedding"
+    owner = parts[-2] if len(parts) >= 2 else parts[0]
+    if _NORM_RE.search(owner):
+        return "norm"
+    if any(p in _ATTN_PARTS for p in parts):
+        return "attn"
+    if any(p in _MLP_PARTS for p in parts):
+        return "mlp"
+    return "other"
+
+
+def tensor_layer(name: str) -> int | None:
+    """The block index in a tensor name (``model.layers.3.mlp.up_proj.weight`` -> 3), or None."""
+    m = _BLOCK_RE.match(canonical_name(name))
+    return int(m["layer"]) if m else None
+
+
+def tensor_module(name: str) -> str:
+    """The module of a tensor within its block, without ``.weight``: ``model.layers.3.mlp.up_proj.weight``
+    -> ``mlp.up_proj``; biases keep ``.bias``; outside the blocks the name without the model prefix
+    (``model.embed_tokens``, ``lm_head``)."""
+    name = canonical_name(name)
+    m = _BLOCK_RE.match(name)
+    rest = m["rest"] if m else re.sub(r"^(?:model\.|transformer\.)", "", name)
+    return rest.removesuffix(".weight")
+
+
+def layer_pattern(name: str) -> str:
+    """The tensor name with its block index replaced by ``*`` (the same tensor in every block)."""
+    name = canonical_name(name)
+    m = _BLOCK_RE.match(name)
+    return f"{m['prefix']}.*.{m['rest']}" if m else name
+
+
+def is_embedding(name: str) -> bool:
+    """True for token / position embeddings and the unembedding (``lm_head``)."""
+    return tensor_group(name) in ("embedding", "unembedding")
+
+
+def is_conv1d_name(name: str) -> bool:
+    """True for GPT-2 ``Conv1D`` weight names (stored ``[in, out]``)."""
+    return bool(_CONV1D_RE.search(canonical_name(name)))
+
+
+def base_module(hf_model: nn.Module) -> nn.Module:
+    """The plain ``*ForCausalLM`` inside a peft wrapper (or the model itself)."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return hf_model
+    if isinstance(hf_model, PeftModel):
+        return hf_model.base_model.model
+    return hf_model
+
+
+def module_dims(module: object) -> tuple[int, int] | None:
+    """(out_features, in_features) of a linear-like module, or None."""
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return module.out_features, module.in_features
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2: weight is (in, out)
+        return module.nf, module.weight.shape[0]
+    if hasattr(module, "num_embeddings"):
+        return module.embedding_dim, module.num_embeddings
+    return None
+
+
+def transposed_weights(hf_model: nn.Module) -> set[str]:
+    """Canonical names of weights stored ``[in, out]`` (GPT-2 ``Conv1D`` modules), from module types."""
+    return {
+        canonical_name(f"{n}.weight")
+        for n, m in hf_model.named_modules()
+        if type(m).__name__ == "Conv1D"
+    }
+
+
+def live_weights(hf_model: nn.Module, merged: bool = False) -> dict[str, Tensor]:
+    """Parameters keyed by their canonical names (see :func:`canonical_name`).
+
+    Plain models give their live parameters (edit them in place to edit the model). Under a
+    live (unmerged) LoRA adapter the live tensors are not the effective weights: ``merged=True``
+    returns merged copies, and without it this raises.
+
+    Raises:
+        ValueError: a live LoRA adapter and ``merged=False``.
+    """
+    inner = base_module(hf_model)
+    if inner is hf_model:
+        return {canonical_name(k): v for k, v in inner.named_parameters()}
+    if not merged:
+        raise ValueError(
+            "this model has a live (unmerged) LoRA adapter; in-place weight edits need merged weights: "
+            "load it with merge_adapter=True"
+        )
+    lora_deltas: dict[str, Tensor] = {}
+    for name, mod in inner.named_modules():
+        if hasattr(mod, "get_delta_weight") and hasattr(mod, "base_layer"):
+            d = sum(mod.get_delta_weight(a) for a in mod.active_adapters if a in mod.lora_A)
+            lora_deltas[canonical_name(name + ".weight")] = d
+    out: dict[str, Tensor] = {}
+    for name, p in inner.named_parameters():
+        if "lora_" in name:
+            continue
+        key = canonical_name(name)
+        out[key] = p.detach() + lora_deltas[key] if key in lora_deltas else p
+    return out
