@@ -21,7 +21,16 @@ if TYPE_CHECKING:
 
     from deltalens.hooks.model import HookedModel
 
-__all__ = ["AdapterMismatchError", "CheckpointError", "Provenance", "check_adapter", "checkpoint_hash", "load", "load_gguf"]
+__all__ = [
+    "AdapterMismatchError",
+    "CheckpointError",
+    "Provenance",
+    "check_adapter",
+    "check_finite",
+    "checkpoint_hash",
+    "load",
+    "load_gguf",
+]
 
 BackendName = Literal["transformer_lens", "nnsight"]
 BACKENDS: tuple[str, ...] = ("transformer_lens", "nnsight")
@@ -90,56 +99,106 @@ def _adapter_files(adapter: Path) -> dict[str, Any]:
     return cfg
 
 
-def check_adapter(adapter: str | Path, base_model: nn.Module, base_hash: str | None = None) -> dict[str, Any]:
-    """Check that a peft LoRA adapter fits ``base_model`` (modules exist, shapes match); return its config.
+_LORA_PARTS = (".lora_A.", ".lora_B.", ".lora_embedding_A", ".lora_embedding_B")
 
-    An adapter written by ``deltalens.finetune`` records its parent's content hash in ``cfg.json``;
-    with ``base_hash`` given, that must match too.
+
+def check_adapter(adapter: str | Path, base_model: nn.Module, base_hash: str | None = None) -> dict[str, Any]:
+    """Check that a peft LoRA adapter fits ``base_model`` and is complete; return its config.
+
+    Every LoRA tensor must belong to a linear-like module of the base with matching shapes, the
+    file must hold LoRA tensors at all, and every module its ``target_modules`` select in the base
+    must have both factors (an incomplete adapter would load as a silent no-op). An adapter
+    written by ``deltalens.finetune`` records its parent's weight hash in ``cfg.json``; with
+    ``base_hash`` given, that must match too.
 
     Raises:
         FileNotFoundError: no such directory.
-        CheckpointError: not a LoRA adapter directory.
+        CheckpointError: not a LoRA adapter directory, an unreadable, empty or incomplete adapter file.
         AdapterMismatchError: the adapter was trained for a different base.
     """
-    from safetensors import safe_open
-
     adapter = Path(adapter)
     cfg = _adapter_files(adapter)
     modules = dict(base_model.named_modules())
-    problems: list[str] = []
-    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
-        for key in f.keys():
-            part = next(
-                (p for p in (".lora_A.", ".lora_B.", ".lora_embedding_A", ".lora_embedding_B") if p in key),
-                None,
-            )
-            if part is None:
-                continue
-            name = key.split(part)[0].removeprefix("base_model.model.")
-            shape = tuple(f.get_slice(key).get_shape())
-            mod = modules.get(name)
-            dims = module_dims(mod) if mod is not None else None
-            if dims is None:
-                problems.append(f"module {name!r} does not exist in the base model (or is not linear)")
-            elif "_A" in part and shape[-1] != dims[1]:
-                problems.append(f"{name}: adapter expects in_features={shape[-1]}, base has {dims[1]}")
-            elif "_B" in part and shape[0] != dims[0]:
-                problems.append(f"{name}: adapter expects out_features={shape[0]}, base has {dims[0]}")
+    shapes = _lora_shapes(adapter / "adapter_model.safetensors")
+    problems = [p for key, shape in shapes.items() if (p := _shape_problem(key, shape, modules))]
     if problems:
         more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
         raise AdapterMismatchError(
             f"adapter {adapter} was trained for a different base model and does not match its base "
             f"(adapter base: {cfg.get('base_model_name_or_path')!r}): " + "; ".join(problems[:5]) + more
         )
+    _check_complete(adapter, cfg, shapes, modules)
     rec = adapter / "cfg.json"
     if base_hash is not None and rec.is_file():
         want = json.loads(rec.read_text()).get("parent", {}).get("weight_hash")
         if want and want != base_hash:
             raise AdapterMismatchError(
-                f"the adapter at {str(adapter)!r} was trained on a base with content hash {want[:12]}…, "
+                f"the adapter at {str(adapter)!r} was trained on a base with weight hash {want[:12]}…, "
                 f"but the given base has {base_hash[:12]}…"
             )
     return cfg
+
+
+def _lora_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of the LoRA tensors in an adapter file, keyed by tensor name (read from the header)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if any(p in k for p in _LORA_PARTS)}
+    except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
+        raise CheckpointError(f"cannot read the adapter weights {str(path)!r}: {e}") from e
+
+
+def _lora_module(key: str) -> tuple[str, str]:
+    """``(module name in the base, LoRA part)`` of an adapter tensor name."""
+    part = next(p for p in _LORA_PARTS if p in key)
+    return key.split(part)[0].removeprefix("base_model.model."), part
+
+
+def _shape_problem(key: str, shape: tuple[int, ...], modules: dict[str, Any]) -> str | None:
+    name, part = _lora_module(key)
+    mod = modules.get(name)
+    dims = module_dims(mod) if mod is not None else None
+    if dims is None:
+        return f"module {name!r} does not exist in the base model (or is not linear)"
+    if "_A" in part and shape[-1] != dims[1]:
+        return f"{name}: adapter expects in_features={shape[-1]}, base has {dims[1]}"
+    if "_B" in part and shape[0] != dims[0]:
+        return f"{name}: adapter expects out_features={shape[0]}, base has {dims[0]}"
+    return None
+
+
+def _targeted(cfg: dict[str, Any], modules: dict[str, Any]) -> set[str] | None:
+    """Modules of the base that the adapter's ``target_modules`` select (peft's rule), or None if unknown."""
+    import re
+
+    targets = cfg.get("target_modules")
+    if not targets or any(cfg.get(k) for k in ("layers_to_transform", "layers_pattern", "exclude_modules")):
+        return None
+    names = [n for n, m in modules.items() if n and module_dims(m) is not None]
+    if isinstance(targets, str):
+        return {n for n in names if re.fullmatch(targets, n)}
+    return {n for n in names for t in targets if n == t or n.endswith("." + t)}
+
+
+def _check_complete(adapter: Path, cfg: dict[str, Any], shapes: dict[str, Any], modules: dict[str, Any]) -> None:
+    if not shapes:
+        raise CheckpointError(
+            f"the adapter {str(adapter)!r} holds no LoRA tensors (adapter_model.safetensors has no "
+            "lora_A / lora_B entries): loading it would silently change nothing"
+        )
+    parts: dict[str, set[str]] = {}
+    for key in shapes:
+        name, part = _lora_module(key)
+        parts.setdefault(name, set()).add("A" if "_A" in part else "B")
+    missing = sorted(n for n in (_targeted(cfg, modules) or set()) if parts.get(n) != {"A", "B"})
+    if missing:
+        raise CheckpointError(
+            f"the adapter {str(adapter)!r} is incomplete: its target_modules {cfg.get('target_modules')!r} "
+            f"select {len(missing)} module(s) of the base without both LoRA factors in the file, "
+            f"e.g. {missing[:3]}"
+        )
 
 
 # ------------------------------------------------------------------ loading
@@ -172,17 +231,44 @@ def load_gguf(path: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Mo
     return plain, tok
 
 
+def _read_weights(path: Path, read: Any) -> Any:
+    """Run ``read()``; an unreadable weight file becomes a CheckpointError naming ``path``."""
+    try:
+        return read()
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001  (safetensors, gguf and struct raise their own types)
+        raise CheckpointError(
+            f"cannot read the weights at {str(path)!r} (truncated, empty or not a checkpoint?): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
+def check_finite(model: nn.Module, source: str) -> None:
+    """Refuse a model with NaN or infinite weights, naming the first such tensor.
+
+    Raises:
+        CheckpointError: a parameter or buffer holds a non-finite value.
+    """
+    import torch
+
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(
+                f"the weights loaded from {source!r} are corrupted: tensor {name!r} holds NaN or infinite values"
+            )
+
+
 def _load_hf(path: Path, dtype: torch.dtype, device_map: Any) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-
     if path.is_file():
-        return load_gguf(path, dtype)
+        return _read_weights(path, lambda: load_gguf(path, dtype))
     arch_for(AutoConfig.from_pretrained(path))  # unsupported architecture: fail before loading weights
     kw: dict[str, Any] = {"dtype": dtype}
     if device_map is not None:
         kw["device_map"] = device_map
-    model = AutoModelForCausalLM.from_pretrained(path, **kw).eval()
+    model = _read_weights(path, lambda: AutoModelForCausalLM.from_pretrained(path, **kw)).eval()
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # noqa: BLE001
@@ -224,66 +310,84 @@ def load(
         FileNotFoundError: a path does not exist.
         CheckpointError: not a checkpoint, an adapter for another base, an unsupported architecture.
     """
-    import torch
-
-    from deltalens.hooks.backend import NNsightBackend, TransformerLensBackend
     from deltalens.hooks.model import HookedModel
 
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if not isinstance(torch_dtype, torch.dtype):
-        raise ValueError(f"dtype must be a torch dtype or its name, got {dtype!r}")
-    if merge_adapter is None:
-        merge_adapter = True
-    if adapter is not None and backend == "transformer_lens" and not merge_adapter:
-        raise ValueError(
-            "the TransformerLens bridge needs a merged adapter; use merge_adapter=True or nnsight"
-        )
-
-    if isinstance(source, str | Path):
-        path = Path(source).expanduser()
-        _check_checkpoint_dir(path)
-        if adapter is not None:  # validate the adapter dir before loading big weights
-            _adapter_files(Path(adapter).expanduser())
-        model, tok = _load_hf(path, torch_dtype, device_map)
-        base_name, ckpt_hash = str(path), checkpoint_hash(path)
-    else:
-        if tokenizer is None:
-            raise ValueError("an in-memory model needs tokenizer=...")
-        model, tok = source, tokenizer
-        model = model.to(torch_dtype)
-        base_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
-        ckpt_hash = weight_hash(base_module(model))[:16]
-    tok = tokenizer if tokenizer is not None else tok
+    torch_dtype = _check_load_args(backend, dtype, adapter, merge_adapter)
+    merge_adapter = True if merge_adapter is None else merge_adapter
+    model, tok, base_name, ckpt_hash = _read_model(source, tokenizer, adapter, torch_dtype, device_map)
     arch = arch_for(base_module(model).config)
     if device_map is None:
         model = model.to(device)
-
-    adapter_str, h = None, ckpt_hash
+    h = ckpt_hash
     if adapter is not None:
-        from peft import PeftModel
-
-        a = Path(adapter).expanduser()
-        check_adapter(a, base_module(model))
-        peft_model = PeftModel.from_pretrained(model, str(a)).eval()
-        model = peft_model.merge_and_unload() if merge_adapter else peft_model
-        adapter_str = str(a)
-        h = config_key({"checkpoint": ckpt_hash, "adapter": checkpoint_hash(a)})[:16]
+        model, h = _apply_adapter(model, Path(adapter).expanduser(), merge_adapter, ckpt_hash)
+    check_finite(model, base_name if adapter is None else f"{base_name} + adapter {adapter}")
     model.eval()
-
-    if backend == "transformer_lens":
-        be = TransformerLensBackend.build(model, tok, arch, base_name)
-    else:
-        be = NNsightBackend.build(model, tok, arch, **engine_kwargs)
     prov = Provenance(
         base=base_name,
         checkpoint=base_name if isinstance(source, str | Path) else None,
-        adapter=adapter_str,
+        adapter=None if adapter is None else str(Path(adapter).expanduser()),
         content_hash=h,
         backend=backend,
         dtype=str(torch_dtype).replace("torch.", ""),
         arch=arch.name,
         adapter_merged=None if adapter is None else merge_adapter,
     )
-    return HookedModel(be, tok, prov)
+    return HookedModel(_build_backend(backend, model, tok, arch, base_name, engine_kwargs), tok, prov)
+
+
+def _check_load_args(backend: str, dtype: Any, adapter: Any, merge_adapter: bool | None) -> torch.dtype:
+    """Validate :func:`load`'s arguments before any file is read; return the torch dtype."""
+    import torch
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    torch_dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ValueError(
+            f"dtype={dtype!r} is not a torch dtype; expected a torch.dtype or one of "
+            "'float32', 'float16', 'bfloat16', 'float64'"
+        )
+    if adapter is not None and backend == "transformer_lens" and merge_adapter is False:
+        raise ValueError(
+            "the TransformerLens bridge needs a merged adapter; use merge_adapter=True or nnsight"
+        )
+    return torch_dtype
+
+
+def _read_model(
+    source: str | Path | nn.Module, tokenizer: Any, adapter: Any, dtype: torch.dtype, device_map: Any
+) -> tuple[nn.Module, Any, str, str]:
+    """The HF model, its tokenizer, a display name and a content hash, from a path or a module."""
+    if isinstance(source, str | Path):
+        path = Path(source).expanduser()
+        _check_checkpoint_dir(path)
+        if adapter is not None:  # validate the adapter dir before loading big weights
+            _adapter_files(Path(adapter).expanduser())
+        model, tok = _load_hf(path, dtype, device_map)
+        return model, tokenizer if tokenizer is not None else tok, str(path), checkpoint_hash(path)
+    if tokenizer is None:
+        raise ValueError("an in-memory model needs tokenizer=...")
+    model = source.to(dtype)
+    name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    return model, tokenizer, name, weight_hash(base_module(model))[:16]
+
+
+def _apply_adapter(model: nn.Module, adapter: Path, merge: bool, ckpt_hash: str) -> tuple[nn.Module, str]:
+    """Put a checked LoRA adapter on ``model`` (merged or live); return it and the combined hash."""
+    from peft import PeftModel
+
+    check_adapter(adapter, base_module(model))
+    peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    model = peft_model.merge_and_unload() if merge else peft_model
+    return model, config_key({"checkpoint": ckpt_hash, "adapter": checkpoint_hash(adapter)})[:16]
+
+
+def _build_backend(
+    backend: str, model: nn.Module, tok: Any, arch: Any, name: str, engine_kwargs: dict[str, Any]
+) -> Any:
+    from deltalens.hooks.backend import NNsightBackend, TransformerLensBackend
+
+    if backend == "transformer_lens":
+        return TransformerLensBackend.build(model, tok, arch, name)
+    return NNsightBackend.build(model, tok, arch, **engine_kwargs)
