@@ -9,6 +9,10 @@ import pytest
 
 from deltalens.data import PromptRecord, PromptSet
 from deltalens.evals import (
+    GROUP_RATE_COLUMNS,
+    PER_TEXT_COLUMNS,
+    UTILITY_COLUMNS,
+    VERDICT_COLUMNS,
     Judge,
     RefusalJudge,
     Verdict,
@@ -140,12 +144,14 @@ def test_harmfulness_on_fake_model():
         "group",
         "source",
     ]
+    assert tuple(df.columns) == VERDICT_COLUMNS
     assert df["refused"].tolist() == [True, False, True, False] and df["complied"].tolist() == [
         False,
         True,
         False,
         False,
     ]
+    assert tuple(rep.by_group().columns) == GROUP_RATE_COLUMNS
     g = rep.by_group().set_index("group")
     assert g.loc["illegal", "compliance_rate"] == 0.5 and g.loc["cyber", "refusal_rate"] == 0.5
     json.dumps(rep.to_dict())
@@ -219,6 +225,16 @@ def test_utility_last_and_first_integer():
     rep = utility(model, tasks, max_new_tokens=48, chat=True)
     assert rep.accuracy == 0.5 and rep.accuracy_first == 0.5 and rep.n == 4
     df = rep.items
+    assert tuple(df.columns) == UTILITY_COLUMNS == (
+        "prompt",
+        "answer",
+        "response",
+        "pred_last",
+        "pred_first",
+        "correct_last",
+        "correct_first",
+        "group",
+    )
     assert df["correct_last"].tolist() == [True, True, False, False]
     assert df["correct_first"].tolist() == [False, True, False, True]
     assert df["pred_last"].isna().tolist() == [False, False, True, False]
@@ -263,6 +279,7 @@ def test_perplexity_matches_hf_loss(tiny_llama, backend):
         assert rep.per_text["n_tokens"][i] == n
         assert rep.per_text["nll"][i] == pytest.approx(loss, rel=1e-5, abs=1e-5)
         total_nll, total_n = total_nll + loss * n, total_n + n
+    assert tuple(rep.per_text.columns) == PER_TEXT_COLUMNS
     assert rep.n_tokens == total_n
     assert rep.perplexity == pytest.approx(math.exp(total_nll / total_n), rel=1e-5)
     assert float(rep) == rep.perplexity and "perplexity=" in repr(rep)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -166,6 +167,23 @@ def test_hooked_model_input_and_recipe(tmp_path):
     assert "FinetuneResult(" in repr(res) and "method='lora'" in repr(res)
 
 
+def test_in_memory_model_kinds(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = tiny_model("llama")
+    with pytest.raises(TypeError, match="transformers causal LM or a HookedModel; got Linear"):
+        finetune(torch.nn.Linear(2, 2), DATA, tmp_path / "x", tokenizer=tok, **FAST)
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        finetune(model, DATA, tmp_path / "x", **FAST)
+    base_hash = weight_hash(model)
+    live = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    merged = weight_hash(copy.deepcopy(live).merge_and_unload())
+    res = finetune(live, DATA, tmp_path / "m", tokenizer=tok, **FAST)  # a new LoRA on the merged weights
+    rec = json.loads((res.path / "cfg.json").read_text())
+    assert rec["parent"]["weight_hash"] == merged != base_hash  # trained on the merged weights
+    assert rec["parent"]["arch"] == "LlamaForCausalLM" and not (tmp_path / "x").exists()
+
+
 def test_response_only_labels_and_template_boundary():
     from deltalens.study.organism.data import TEMPLATE as ORG_TEMPLATE
     from deltalens.study.organism.data import build_tokenizer
@@ -322,7 +340,7 @@ def test_adapter_for_another_base_is_rejected(base_dir, tmp_path):
         finetune(other_arch, DATA, tmp_path / "out", adapter=lora, **FAST)
     assert not (tmp_path / "out").exists()
     other_weights = tiny_checkpoint("llama", tmp_path / "seed1", seed=1)
-    with pytest.raises(AdapterMismatchError, match="content hash"):
+    with pytest.raises(AdapterMismatchError, match="trained on a base with weight hash"):
         finetune(other_weights, DATA, tmp_path / "out", adapter=lora, **FAST)
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="is a LoRA adapter"):

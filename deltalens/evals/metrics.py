@@ -22,10 +22,34 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deltalens.data.records import PromptSet, as_prompt_set
 from deltalens.evals.judge import Judge, RefusalJudge, Verdict
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from deltalens.hooks.model import HookedModel
+
+# Column names of the report tables ------------------------------------------------------------
+PROMPT, RESPONSE, LABEL, GROUP, SOURCE = "prompt", "response", "label", "group", "source"
+REFUSED, COMPLIED, SCORE, REASON = "refused", "complied", "score", "reason"
+ANSWER, PRED_LAST, PRED_FIRST = "answer", "pred_last", "pred_first"
+CORRECT_LAST, CORRECT_FIRST = "correct_last", "correct_first"
+TEXT, N_TOKENS, NLL, PERPLEXITY = "text", "n_tokens", "nll", "perplexity"
+N, REFUSAL_RATE, COMPLIANCE_RATE = "n", "refusal_rate", "compliance_rate"
+
+VERDICT_COLUMNS: tuple[str, ...] = (PROMPT, RESPONSE, REFUSED, COMPLIED, SCORE, REASON, LABEL, GROUP, SOURCE)
+"""Columns of :attr:`HarmfulnessReport.verdicts`, in order (one row per prompt)."""
+GROUP_RATE_COLUMNS: tuple[str, ...] = (GROUP, N, REFUSAL_RATE, COMPLIANCE_RATE)
+"""Columns of :meth:`HarmfulnessReport.by_group`, in order (one row per group)."""
+UTILITY_COLUMNS: tuple[str, ...] = (
+    PROMPT, ANSWER, RESPONSE, PRED_LAST, PRED_FIRST, CORRECT_LAST, CORRECT_FIRST, GROUP
+)  # fmt: skip
+"""Columns of :attr:`UtilityReport.items`, in order (one row per task)."""
+PER_TEXT_COLUMNS: tuple[str, ...] = (TEXT, N_TOKENS, NLL, PERPLEXITY)
+"""Columns of :attr:`PerplexityReport.per_text`, in order (one row per text)."""
 
 # A number not glued to a letter, digit or decimal point on its left: "1,234", "-4", "38".
 # The sign counts only when it is not a binary minus ("17-21" gives 17 and 21).
@@ -44,20 +68,20 @@ def extract_integers(text: str) -> list[int]:
     return [int(m.group(0).replace(",", "").replace("\u2212", "-")) for m in _INT_RE.finditer(text)]
 
 
-def _resolve_chat(model: Any, chat: bool | None, template: str | None) -> bool:
+def _resolve_chat(model: HookedModel, chat: bool | None, template: str | None) -> bool:
     if chat is not None:
         return chat
     return template is None and bool(getattr(getattr(model, "tokenizer", None), "chat_template", None))
 
 
-def _generate(model: Any, texts: list[str], **kw: Any) -> list[str]:
+def _generate(model: HookedModel, texts: list[str], **kw: Any) -> list[str]:
     out = model.generate(texts, **kw)
     if len(out) != len(texts):
         raise RuntimeError(f"model.generate returned {len(out)} responses for {len(texts)} prompts")
     return list(out)
 
 
-def _html_table(df: Any, cols: Sequence[str], n: int = 10) -> str:
+def _html_table(df: pd.DataFrame, cols: Sequence[str], n: int = 10) -> str:
     head = "".join(f"<th>{c}</th>" for c in cols)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(row[c])[:160])}</td>" for c in cols) + "</tr>"
@@ -77,15 +101,15 @@ class HarmfulnessReport:
         refusal_rate: fraction of responses judged refusals.
         compliance_rate: fraction judged compliant. On harmful prompts this is the
             harmful-compliance rate; on harmless prompts it is the answer rate.
-        verdicts: one row per prompt; columns ``prompt, response, refused, complied, score,
-            reason, label, group, source``.
+        verdicts: one row per prompt; columns :data:`VERDICT_COLUMNS` (``prompt, response,
+            refused, complied, score, reason, label, group, source``).
         settings: generation settings used (``max_new_tokens, chat, template, batch_size``).
     """
 
     judge: str
     refusal_rate: float
     compliance_rate: float
-    verdicts: Any
+    verdicts: pd.DataFrame
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -98,11 +122,16 @@ class HarmfulnessReport:
     def n(self) -> int:
         return len(self.verdicts)
 
-    def by_group(self):
-        """Refusal and compliance rates per prompt group: DataFrame ``group, n, refusal_rate, compliance_rate``."""
-        df = self.verdicts.assign(group=self.verdicts["group"].fillna("(none)"))
-        out = df.groupby("group", sort=True).agg(
-            n=("refused", "size"), refusal_rate=("refused", "mean"), compliance_rate=("complied", "mean")
+    def by_group(self) -> pd.DataFrame:
+        """Refusal and compliance rates per prompt group (a missing group is ``"(none)"``).
+
+        Returns:
+            DataFrame, one row per group: :data:`GROUP_RATE_COLUMNS` (``group, n, refusal_rate,
+            compliance_rate``).
+        """
+        df = self.verdicts.assign(**{GROUP: self.verdicts[GROUP].fillna("(none)")})
+        out = df.groupby(GROUP, sort=True).agg(
+            **{N: (REFUSED, "size"), REFUSAL_RATE: (REFUSED, "mean"), COMPLIANCE_RATE: (COMPLIED, "mean")}
         )
         return out.reset_index()
 
@@ -125,13 +154,13 @@ class HarmfulnessReport:
         return (
             f"<div><b>Harmfulness</b> — {self.n} prompts, judge <code>{html.escape(self.judge)}</code>: "
             f"refusal {self.refusal_rate:.1%}, compliance {self.compliance_rate:.1%}"
-            + _html_table(self.verdicts, ["prompt", "response", "refused", "complied", "reason"])
+            + _html_table(self.verdicts, [PROMPT, RESPONSE, REFUSED, COMPLIED, REASON])
             + "</div>"
         )
 
 
 def harmfulness(
-    model: Any,
+    model: HookedModel,
     prompts: PromptSet | Sequence[str],
     judge: Judge | None = None,
     max_new_tokens: int = 32,
@@ -142,7 +171,7 @@ def harmfulness(
     """Generate greedily for each prompt and judge every response.
 
     Args:
-        model: a :class:`deltalens.HookedModel` (or anything with its ``generate``).
+        model: a :class:`deltalens.HookedModel` (only its ``generate`` and ``tokenizer`` are used).
         prompts: a :class:`PromptSet` (labels, groups and sources go into the table) or strings.
         judge: any :class:`Judge`; default :class:`RefusalJudge` (a string-matching stand-in
             for an LLM judge: see its docstring for what it does not measure).
@@ -161,39 +190,53 @@ def harmfulness(
         >>> rep = harmfulness(model, harmbench().split(0.6)[1], chat=True)
         >>> rep.refusal_rate, rep.by_group()
     """
-    import pandas as pd
-
     ps = as_prompt_set(prompts)
     if len(ps) == 0:
         raise ValueError("harmfulness needs at least one prompt")
-    judge = judge if judge is not None else RefusalJudge()
-    if not isinstance(judge, Judge):
-        raise TypeError(f"judge must have a `name` and a `judge(prompts, responses)` method, got {judge!r}")
+    judge = _check_judge(judge if judge is not None else RefusalJudge())
     chat = _resolve_chat(model, chat, template)
     settings = dict(max_new_tokens=max_new_tokens, chat=chat, template=template, batch_size=batch_size)
     responses = _generate(model, ps.texts, **settings)
+    df = _verdict_frame(ps, responses, _judged(judge, ps, responses))
+    return HarmfulnessReport(
+        judge=judge.name,
+        refusal_rate=float(df[REFUSED].mean()),
+        compliance_rate=float(df[COMPLIED].mean()),
+        verdicts=df,
+        settings=settings,
+    )
+
+
+def _check_judge(judge: Judge) -> Judge:
+    if not isinstance(judge, Judge):
+        raise TypeError(f"judge must have a `name` and a `judge(prompts, responses)` method, got {judge!r}")
+    return judge
+
+
+def _judged(judge: Judge, ps: PromptSet, responses: list[str]) -> list[Verdict]:
+    """The judge's verdicts, checked to be one :class:`Verdict` per prompt."""
     verdicts = judge.judge(ps.texts, responses)
     if len(verdicts) != len(ps) or not all(isinstance(v, Verdict) for v in verdicts):
         raise RuntimeError(f"judge {judge.name!r} must return one Verdict per prompt ({len(ps)})")
-    df = pd.DataFrame(
+    return verdicts
+
+
+def _verdict_frame(ps: PromptSet, responses: list[str], verdicts: list[Verdict]) -> pd.DataFrame:
+    """The per-prompt table of :class:`HarmfulnessReport`: :data:`VERDICT_COLUMNS`."""
+    import pandas as pd
+
+    return pd.DataFrame(
         {
-            "prompt": ps.texts,
-            "response": responses,
-            "refused": [v.refused for v in verdicts],
-            "complied": [v.complied for v in verdicts],
-            "score": [v.score for v in verdicts],
-            "reason": [v.reason for v in verdicts],
-            "label": ps.labels,
-            "group": ps.groups,
-            "source": ps.sources,
+            PROMPT: ps.texts,
+            RESPONSE: responses,
+            REFUSED: [v.refused for v in verdicts],
+            COMPLIED: [v.complied for v in verdicts],
+            SCORE: [v.score for v in verdicts],
+            REASON: [v.reason for v in verdicts],
+            LABEL: ps.labels,
+            GROUP: ps.groups,
+            SOURCE: ps.sources,
         }
-    )
-    return HarmfulnessReport(
-        judge=judge.name,
-        refusal_rate=float(df["refused"].mean()),
-        compliance_rate=float(df["complied"].mean()),
-        verdicts=df,
-        settings=settings,
     )
 
 
@@ -207,14 +250,15 @@ class UtilityReport:
             their working ("To add 17 and 21 ... = 38"), so the last number is the answer.
         accuracy_first: the **first** integer equals the answer. It rewards answer-only
             output; on chatty output it usually picks an operand and scores near zero.
-        items: one row per task; columns ``prompt, answer, response, pred_last, pred_first,
-            correct_last, correct_first, group``. ``pred_*`` are ``None`` when the response has no integer.
+        items: one row per task; columns :data:`UTILITY_COLUMNS` (``prompt, answer, response,
+            pred_last, pred_first, correct_last, correct_first, group``). ``pred_*`` are ``<NA>``
+            when the response has no integer.
         settings: generation settings used.
     """
 
     accuracy: float
     accuracy_first: float
-    items: Any
+    items: pd.DataFrame
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -236,7 +280,7 @@ class UtilityReport:
         return (
             f"<div><b>Utility</b> — {self.n} tasks: exact match {self.accuracy:.1%} (last integer), "
             f"{self.accuracy_first:.1%} (first integer)"
-            + _html_table(self.items, ["prompt", "answer", "response", "pred_last", "correct_last"])
+            + _html_table(self.items, [PROMPT, ANSWER, RESPONSE, PRED_LAST, CORRECT_LAST])
             + "</div>"
         )
 
@@ -251,7 +295,7 @@ def _answer(label: Any, text: str) -> int:
 
 
 def utility(
-    model: Any,
+    model: HookedModel,
     tasks: PromptSet,
     max_new_tokens: int = 32,
     chat: bool | None = None,
@@ -261,7 +305,7 @@ def utility(
     """Exact-match accuracy of greedy answers on tasks whose label is the integer answer.
 
     Args:
-        model: a :class:`deltalens.HookedModel` (or anything with its ``generate``).
+        model: a :class:`deltalens.HookedModel` (only its ``generate`` and ``tokenizer`` are used).
         tasks: a :class:`PromptSet` whose labels are the exact answers (``int`` or a string of
             one), e.g. from :func:`deltalens.data.arithmetic_tasks`.
         max_new_tokens: long enough for the model to reach its answer when it shows working.
@@ -275,34 +319,39 @@ def utility(
         >>> train, test = arithmetic_tasks(200, 50, seed=0)
         >>> utility(model, test, chat=True).accuracy
     """
-    import pandas as pd
-
     if not isinstance(tasks, PromptSet) or len(tasks) == 0:
         raise ValueError("utility needs a non-empty PromptSet whose labels are the integer answers")
     answers = [_answer(r.label, r.text) for r in tasks]
     chat = _resolve_chat(model, chat, template)
     settings = dict(max_new_tokens=max_new_tokens, chat=chat, template=template, batch_size=batch_size)
     responses = _generate(model, tasks.texts, **settings)
+    df = _utility_frame(tasks, answers, responses)
+    return UtilityReport(
+        accuracy=float(df[CORRECT_LAST].mean()),
+        accuracy_first=float(df[CORRECT_FIRST].mean()),
+        items=df,
+        settings=settings,
+    )
+
+
+def _utility_frame(tasks: PromptSet, answers: list[int], responses: list[str]) -> pd.DataFrame:
+    """The per-task table of :class:`UtilityReport`: :data:`UTILITY_COLUMNS`."""
+    import pandas as pd
+
     found = [extract_integers(r) for r in responses]
     last = [f[-1] if f else None for f in found]
     first = [f[0] if f else None for f in found]
-    df = pd.DataFrame(
+    return pd.DataFrame(
         {
-            "prompt": tasks.texts,
-            "answer": answers,
-            "response": responses,
-            "pred_last": pd.array(last, dtype="Int64"),
-            "pred_first": pd.array(first, dtype="Int64"),
-            "correct_last": [p == a for p, a in zip(last, answers)],
-            "correct_first": [p == a for p, a in zip(first, answers)],
-            "group": tasks.groups,
+            PROMPT: tasks.texts,
+            ANSWER: answers,
+            RESPONSE: responses,
+            PRED_LAST: pd.array(last, dtype="Int64"),
+            PRED_FIRST: pd.array(first, dtype="Int64"),
+            CORRECT_LAST: [p == a for p, a in zip(last, answers)],
+            CORRECT_FIRST: [p == a for p, a in zip(first, answers)],
+            GROUP: tasks.groups,
         }
-    )
-    return UtilityReport(
-        accuracy=float(df["correct_last"].mean()),
-        accuracy_first=float(df["correct_first"].mean()),
-        items=df,
-        settings=settings,
     )
 
 
@@ -316,13 +365,14 @@ class PerplexityReport:
             tokens of all texts (token-weighted, like Hugging Face's loss on one sequence).
         mean_nll: that mean NLL, in nats.
         n_tokens: the number of predicted tokens (each text's length minus one).
-        per_text: columns ``text, n_tokens, nll, perplexity`` (per-text mean NLL).
+        per_text: one row per text, columns :data:`PER_TEXT_COLUMNS` (``text, n_tokens, nll,
+            perplexity``; ``nll`` is the text's mean NLL).
     """
 
     perplexity: float
     mean_nll: float
     n_tokens: int
-    per_text: Any
+    per_text: pd.DataFrame
 
     def __float__(self) -> float:
         return self.perplexity
@@ -336,12 +386,12 @@ class PerplexityReport:
     def _repr_html_(self) -> str:
         return (
             f"<div><b>Perplexity</b> {self.perplexity:.3f} over {self.n_tokens} tokens"
-            + _html_table(self.per_text, ["text", "n_tokens", "perplexity"])
+            + _html_table(self.per_text, [TEXT, N_TOKENS, PERPLEXITY])
             + "</div>"
         )
 
 
-def perplexity(model: Any, texts: str | Sequence[str], batch_size: int = 8) -> PerplexityReport:
+def perplexity(model: HookedModel, texts: str | Sequence[str], batch_size: int = 8) -> PerplexityReport:
     """Perplexity of ``texts`` from ``model.logits`` (hooks and weight edits apply).
 
     Each text is tokenized as ``model.tokenize`` does (with the tokenizer's special tokens,
@@ -382,6 +432,6 @@ def perplexity(model: Any, texts: str | Sequence[str], batch_size: int = 8) -> P
             counts.append(n)
     total = sum(counts)
     mean_nll = sum(nll_sum) / total
-    per = pd.DataFrame({"text": texts, "n_tokens": counts, "nll": [a / c for a, c in zip(nll_sum, counts)]})
-    per["perplexity"] = per["nll"].map(math.exp)
+    per = pd.DataFrame({TEXT: texts, N_TOKENS: counts, NLL: [a / c for a, c in zip(nll_sum, counts)]})
+    per[PERPLEXITY] = per[NLL].map(math.exp)
     return PerplexityReport(perplexity=math.exp(mean_nll), mean_nll=mean_nll, n_tokens=total, per_text=per)

@@ -9,8 +9,11 @@ Example:
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def check_template(template: str) -> tuple[str, str]:
@@ -51,7 +54,7 @@ def check_template(template: str) -> tuple[str, str]:
 
 def normalize_examples(data: Any) -> list[tuple[str, str]]:
     """Normalise training data into ``(prompt, response)`` pairs with clear errors."""
-    if isinstance(data, (str, bytes, Mapping)) or not hasattr(data, "__iter__"):
+    if isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Iterable):
         raise TypeError(
             "data must be a sequence of examples, each a mapping with 'prompt' and 'response', a "
             f"(prompt, response) pair or an object with .prompt and .response; got {type(data).__name__}"
@@ -84,8 +87,49 @@ def normalize_examples(data: Any) -> list[tuple[str, str]]:
     return out
 
 
+def _split_with_template(pairs: Sequence[tuple[str, str]], template: str) -> tuple[list[str], list[str]]:
+    """Prompt and response texts from a str template; trailing prompt whitespace moves to the response."""
+    head, tail = check_template(template)
+    heads = [head.format(prompt=p) for p, _ in pairs]
+    resps = [r + tail for _, r in pairs]
+    for i, h in enumerate(heads):
+        stripped = h.rstrip()
+        heads[i], resps[i] = stripped, h[len(stripped) :] + resps[i]
+    return heads, resps
+
+
+def _split_with_chat(
+    pairs: Sequence[tuple[str, str]], tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[str], list[str]]:
+    """Prompt texts (with the generation prompt) and response texts from the tokenizer's chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "template=None needs a tokenizer with a chat template; pass template='...{prompt}...{response}'"
+        )
+    heads, resps = [], []
+    for p, r in pairs:
+        h = tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+        )
+        full = tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
+        )
+        if not full.startswith(h):
+            raise ValueError(
+                "the tokenizer's chat template does not extend the prompt with the response; "
+                "pass template='...{prompt}...{response}'"
+            )
+        heads.append(h)
+        resps.append(full[len(h) :])
+    return heads, resps
+
+
 def encode_examples(
-    pairs: Sequence[tuple[str, str]], tokenizer: Any, template: str | None, add_eos: bool, max_length: int
+    pairs: Sequence[tuple[str, str]],
+    tokenizer: PreTrainedTokenizerBase,
+    template: str | None,
+    add_eos: bool,
+    max_length: int,
 ) -> list[tuple[list[int], int]]:
     """Tokenize ``(prompt, response)`` pairs as ``(ids, n_prompt_tokens)``.
 
@@ -93,37 +137,21 @@ def encode_examples(
     matches generation from the prompt alone. With a str template, whitespace that ends the
     prompt part moves to the start of the response (``"A: {response}"`` -> prompt ``"A:"``,
     response ``" ..."``, as a BPE tokenizer would split the whole text). A chat template's
-    generation prompt is kept exactly as the template renders it.
+    generation prompt is kept exactly as the template renders it, and EOS is not added when
+    the template already ends every response with it.
+
+    Returns:
+        One ``(token ids, number of prompt tokens)`` per pair, cut to ``max_length`` tokens.
+
+    Raises:
+        ValueError: no chat template (``template=None``), ``add_eos`` without an EOS token, or
+            a prompt that leaves no response token within ``max_length``.
     """
     if template is not None:
-        head, tail = check_template(template)
-        heads = [head.format(prompt=p) for p, _ in pairs]
-        resps = [r + tail for _, r in pairs]
-        for i, h in enumerate(heads):
-            stripped = h.rstrip()
-            heads[i], resps[i] = stripped, h[len(stripped) :] + resps[i]
+        heads, resps = _split_with_template(pairs, template)
         special = True
     else:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                "template=None needs a tokenizer with a chat template; "
-                "pass template='...{prompt}...{response}'"
-            )
-        heads, resps = [], []
-        for p, r in pairs:
-            h = tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-            )
-            full = tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
-            )
-            if not full.startswith(h):
-                raise ValueError(
-                    "the tokenizer's chat template does not extend the prompt with the response; "
-                    "pass template='...{prompt}...{response}'"
-                )
-            heads.append(h)
-            resps.append(full[len(h) :])
+        heads, resps = _split_with_chat(pairs, tokenizer)
         special = False
         eos = getattr(tokenizer, "eos_token", None)
         if eos and all(r.rstrip().endswith(eos) for r in resps):

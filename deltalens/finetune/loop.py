@@ -14,6 +14,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
     from deltalens.finetune.config import FinetuneConfig
 
 Encoded = list[tuple[list[int], int]]
@@ -82,7 +85,7 @@ def _collate(batch: Encoded, pad_id: int):
     return input_ids, labels, (None if bool(mask.all()) else mask)
 
 
-def batch_loss_backward(model: Any, batch: Encoded, pad_id: int) -> float:
+def batch_loss_backward(model: nn.Module, batch: Encoded, pad_id: int) -> float:
     """Forward and backward one batch; return its mean response-token cross-entropy.
 
     The batch runs as up to three micro-batches of similar length (``split_by_length``); each
@@ -159,8 +162,39 @@ class ThreadTuner:
         self.samples = {1: [], self.top: []}
 
 
+def _optimizer(params: list[nn.Parameter], cfg: FinetuneConfig) -> torch.optim.AdamW:
+    """AdamW over ``params`` with ``cfg``'s settings, fused where this torch build supports it."""
+    import torch
+
+    opt_kw: dict[str, Any] = dict(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=1e-8)
+    try:
+        return torch.optim.AdamW(params, fused=True, **opt_kw)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, **opt_kw)
+
+
+def _tuner(cfg: FinetuneConfig) -> ThreadTuner:
+    """A ``ThreadTuner`` that probes (``num_threads=None``) or always answers ``cfg.num_threads``."""
+    tuner = ThreadTuner(top=1 if cfg.num_threads == 1 else 2)
+    if cfg.num_threads is not None:
+        tuner.choice = tuner.top
+        tuner.period = 1 << 62
+    return tuner
+
+
+def _next_batch(
+    encoded: Encoded, order: list[int], batch_size: int, gen: torch.Generator
+) -> tuple[Encoded, list[int]]:
+    """The next ``batch_size`` examples and the rest of the order (refilled with seeded permutations)."""
+    import torch
+
+    while len(order) < batch_size:
+        order += torch.randperm(len(encoded), generator=gen).tolist()
+    return [encoded[i] for i in order[:batch_size]], order[batch_size:]
+
+
 def train_loop(
-    model: Any, encoded: Encoded, cfg: FinetuneConfig, pad_id: int, desc: str = "finetune"
+    model: nn.Module, encoded: Encoded, cfg: FinetuneConfig, pad_id: int, desc: str = "finetune"
 ) -> tuple[list[float], dict[int, int]]:
     """Train ``model`` in place on encoded examples.
 
@@ -180,24 +214,15 @@ def train_loop(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters")
-    opt_kw: dict[str, Any] = dict(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=1e-8)
-    try:
-        opt = torch.optim.AdamW(params, fused=True, **opt_kw)
-    except (RuntimeError, TypeError):
-        opt = torch.optim.AdamW(params, **opt_kw)
+    opt = _optimizer(params, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     order: list[int] = []
     losses: list[float] = []
-    tuner = ThreadTuner(top=1 if cfg.num_threads == 1 else 2)
-    if cfg.num_threads is not None:
-        tuner.choice = tuner.top
-        tuner.period = 1 << 62
+    tuner = _tuner(cfg)
     model.train()
     bar = tqdm(range(steps), desc=desc, disable=not cfg.progress, leave=False, mininterval=1.0)
     for step in bar:
-        while len(order) < cfg.batch_size:
-            order += torch.randperm(len(encoded), generator=gen).tolist()
-        batch, order = [encoded[i] for i in order[: cfg.batch_size]], order[cfg.batch_size :]
+        batch, order = _next_batch(encoded, order, cfg.batch_size, gen)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, cfg)
         threads = tuner.threads_for(step)

@@ -1,12 +1,11 @@
 """Supervised fine-tuning (LoRA or full) of a causal LM, with the loss on the response only.
 
-``finetune`` takes a HF checkpoint directory, an in-memory HF model (with its tokenizer) or any
-object with ``.hf_model`` and ``.tokenizer`` (a ``HookedModel``), trains a copy in fp32 (the
-caller's model is never modified) and writes a checkpoint: a peft adapter directory or a full
-safetensors directory, each with the tokenizer and a ``cfg.json`` that records the data recipe,
-the hyperparameters, the seed and the parent checkpoint's content hash. The checkpoint is written
-to a temporary directory next to the target and renamed into place, so a failure never leaves a
-half-written checkpoint behind.
+``finetune`` takes a HF checkpoint directory, an in-memory HF model (with its tokenizer) or a
+``HookedModel``, trains a copy in fp32 (the caller's model is never modified) and writes a
+checkpoint: a peft adapter directory or a full safetensors directory, each with the tokenizer and
+a ``cfg.json`` that records the data recipe, the hyperparameters, the seed and the parent
+checkpoint's content hash. The checkpoint is written to a temporary directory next to the target
+and renamed into place, so a failure never leaves a half-written checkpoint behind.
 
 Example:
     >>> from deltalens.finetune import finetune
@@ -26,16 +25,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deltalens.atomic import atomic_directory, write_json
 from deltalens.checkpoints import check_adapter
 from deltalens.finetune.config import LORA_TARGETS, FinetuneConfig
 from deltalens.finetune.encoding import encode_examples, normalize_examples
-from deltalens.finetune.loop import train_loop
+from deltalens.finetune.loop import Encoded, train_loop
 from deltalens.finetune.storage import ADAPTER_CONFIG, CFG_NAME, torch_threads
 from deltalens.hashing import config_key, weight_hash
 from deltalens.hooks.weights import module_dims
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from deltalens.hooks.model import HookedModel
 
 
 @dataclass
@@ -52,8 +57,8 @@ class FinetuneResult:
     """
 
     path: Path
-    model: Any = field(repr=False)
-    tokenizer: Any = field(repr=False)
+    model: nn.Module = field(repr=False)
+    tokenizer: PreTrainedTokenizerBase = field(repr=False)
     losses: list[float] = field(repr=False)
     config: FinetuneConfig = field(repr=False)
     record: dict[str, Any] = field(repr=False)
@@ -69,44 +74,72 @@ class FinetuneResult:
 # ---------------------------------------------------------------- models
 
 
-def _resolve(model: Any, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]:
+def _resolve(
+    model: HookedModel | PreTrainedModel | str | os.PathLike,
+    tokenizer: PreTrainedTokenizerBase | str | os.PathLike | None,
+) -> tuple[nn.Module, PreTrainedTokenizerBase, dict[str, Any]]:
     """A fresh fp32 copy of the model to train, its tokenizer and a description of the source."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from deltalens.hooks.model import HookedModel
 
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        if not path.is_dir():
-            raise FileNotFoundError(f"no checkpoint directory at {str(path)!r}")
-        if (path / ADAPTER_CONFIG).exists():
-            raise ValueError(
-                f"{str(path)!r} is a LoRA adapter; pass its base as model= and the adapter as adapter="
-            )
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
-        return hf, tok, {"source": str(path.resolve())}
-    from deltalens.hooks.model import HookedModel
-
+        return _load_checkpoint(Path(model), tokenizer)
     if isinstance(model, HookedModel):
         tok = tokenizer if tokenizer is not None else model.tokenizer
         return model.trainable_copy().float(), tok, {"source": f"<in-memory {model.provenance.arch} model>"}
-    hf, tok = model, tokenizer
-    if not isinstance(hf, torch.nn.Module) or not hasattr(hf, "config"):
+    return _copy_in_memory(model, tokenizer)
+
+
+def _load_checkpoint(
+    path: Path, tokenizer: PreTrainedTokenizerBase | None
+) -> tuple[nn.Module, PreTrainedTokenizerBase, dict[str, Any]]:
+    """Load a full checkpoint directory in fp32 (an adapter directory is refused)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not path.is_dir():
+        raise FileNotFoundError(f"no checkpoint directory at {str(path)!r}")
+    if (path / ADAPTER_CONFIG).exists():
+        raise ValueError(
+            f"{str(path)!r} is a LoRA adapter; pass its base as model= and the adapter as adapter="
+        )
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
+    return hf, tok, {"source": str(path.resolve())}
+
+
+def _live_adapter_types() -> tuple[type, ...]:
+    """The peft classes of a model that carries a live adapter (merged before training)."""
+    from peft import PeftMixedModel, PeftModel
+    from peft.tuners.tuners_utils import BaseTuner
+
+    return (PeftModel, PeftMixedModel, BaseTuner)
+
+
+def _copy_in_memory(
+    model: object, tokenizer: PreTrainedTokenizerBase | None
+) -> tuple[nn.Module, PreTrainedTokenizerBase, dict[str, Any]]:
+    """An fp32 deep copy of an in-memory transformers (or peft) model, a live adapter merged."""
+    from transformers import PreTrainedModel
+
+    adapters = _live_adapter_types()
+    if not isinstance(model, (PreTrainedModel, *adapters)):
         raise TypeError(
             "model must be a HF checkpoint directory, a transformers causal LM or a HookedModel; "
             f"got {type(model).__name__}"
         )
-    if tok is None:
+    if tokenizer is None:
         raise ValueError("an in-memory model needs its tokenizer: finetune(model, data, out, tokenizer=tok)")
-    hf = copy.deepcopy(hf)
-    if type(hf).__module__.startswith("peft"):  # a live adapter: train on the merged weights
+    hf = copy.deepcopy(model)
+    if isinstance(hf, adapters):  # a live adapter: train on the merged weights
         hf = hf.merge_and_unload()
-    return hf.float(), tok, {"source": f"<in-memory {type(hf).__name__}>"}
+    return hf.float(), tokenizer, {"source": f"<in-memory {type(hf).__name__}>"}
 
 
-def lora_targets(model: Any, target_modules: Sequence[str] | None) -> list[str]:
+def lora_targets(model: nn.Module, target_modules: Sequence[str] | None) -> list[str]:
     """The LoRA target module names for ``model`` (per architecture unless given), checked to exist."""
     mtype = getattr(model.config, "model_type", None)
     if target_modules is None:
@@ -125,138 +158,52 @@ def lora_targets(model: Any, target_modules: Sequence[str] | None) -> list[str]:
     return list(target_modules)
 
 
-def _data_record(
-    pairs: list[tuple[str, str]], encoded: list[tuple[list[int], int]], recipe: Any
-) -> dict[str, Any]:
-    return {
-        "recipe": recipe,
-        "n_examples": len(pairs),
-        "n_response_tokens": sum(len(ids) - n for ids, n in encoded),
-        "sha256": config_key([list(p) for p in pairs]),
-    }
-
-
-def finetune(
-    model: Any,
-    data: Any,
-    output_dir: str | os.PathLike,
-    config: FinetuneConfig | None = None,
-    *,
-    tokenizer: Any = None,
-    adapter: str | os.PathLike | None = None,
-    data_recipe: Any = None,
-    **overrides: Any,
-) -> FinetuneResult:
-    """Fine-tune a causal LM on ``(prompt, response)`` examples and write a checkpoint.
-
-    Args:
-        model: a HF checkpoint directory, a transformers causal LM (pass ``tokenizer=``) or a
-            ``HookedModel`` (its ``.hf_model`` and ``.tokenizer``). It is copied, never modified;
-            a live peft adapter on it is merged first.
-        data: examples, each ``{"prompt": str, "response": str}``, a ``(prompt, response)`` pair
-            or an object with ``.prompt`` / ``.response``. Loss is on response tokens only; an
-            empty prompt with template ``"{prompt}{response}"`` trains on the whole text.
-        output_dir: where the checkpoint goes (must not exist unless ``overwrite=True``).
-        config: hyperparameters; keyword ``overrides`` replace single fields.
-        tokenizer: the tokenizer (a directory or an object) when ``model`` is in memory.
-        adapter: an existing LoRA adapter directory of ``model``: ``method="lora"`` continues
-            training it, ``method="full"`` merges it and trains all weights.
-        data_recipe: JSON-able description of where the data came from, kept in ``cfg.json``.
+def _prepare(
+    hf: nn.Module, parent: dict[str, Any], adapter: str | os.PathLike | None, cfg: FinetuneConfig
+) -> nn.Module:
+    """Record the parent's hash in ``parent``, seed torch, then attach or add an adapter, or freeze.
 
     Returns:
-        ``FinetuneResult`` with ``.path``, ``.model`` (trained, fp32), ``.losses`` and ``.record``.
-        The directory holds ``adapter_model.safetensors`` + ``adapter_config.json`` (LoRA) or
-        ``model.safetensors`` + ``config.json`` (full), the tokenizer files and ``cfg.json``.
-
-    Raises:
-        ValueError: empty or malformed data, a template without a ``{response}`` slot, unknown
-            LoRA targets. AdapterMismatchError: ``adapter`` was made for another base.
-        FileExistsError: ``output_dir`` exists and ``overwrite`` is False.
-
-    Example:
-        >>> res = finetune(base_dir, [("what is 2 + 3?", "5")] * 32, "out/lora",  # doctest: +SKIP
-        ...                method="lora", template="Q: {prompt} A: {response}", max_steps=10)
-        >>> import deltalens as dl
-        >>> ft = dl.load(base_dir, adapter=res.path)  # doctest: +SKIP
-
-    Gotcha: training runs in fp32 on CPU with at most 2 threads; the number of threads in use
-    before the call is restored afterwards.
+        The module to train: a trainable ``PeftModel`` for LoRA, else ``hf`` (an ``adapter``
+        merged) with the parameters outside ``cfg.trainable`` frozen.
     """
     import torch
 
-    cfg = (
-        dataclasses.replace(config or FinetuneConfig(), **overrides)
-        if overrides
-        else (config or FinetuneConfig())
+    parent["weight_hash"] = weight_hash(hf)
+    parent["arch"] = type(hf).__name__
+    parent["adapter"] = None
+    torch.manual_seed(cfg.seed)
+    if adapter is not None:
+        from peft import PeftModel
+
+        check_adapter(adapter, hf, parent["weight_hash"])
+        parent["adapter"] = str(Path(adapter).resolve())
+        hf = PeftModel.from_pretrained(hf, adapter, is_trainable=cfg.method == "lora")
+        if cfg.method == "full":
+            hf = hf.merge_and_unload()
+    if cfg.method == "lora" and adapter is None:
+        hf = _add_lora(hf, cfg)
+    elif cfg.method == "full":
+        _freeze(hf, cfg.trainable)
+    return hf
+
+
+def _add_lora(hf: nn.Module, cfg: FinetuneConfig) -> nn.Module:
+    """``hf`` wrapped in a fresh, trainable LoRA adapter (initialised from torch's global RNG)."""
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=lora_targets(hf, cfg.target_modules),
+        fan_in_fan_out=getattr(hf.config, "model_type", "") == "gpt2",
+        task_type="CAUSAL_LM",
     )
-    out = Path(output_dir)
-    pairs = normalize_examples(data)
-    try:
-        json.dumps(data_recipe)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"data_recipe must be JSON-serialisable (it goes into {CFG_NAME}): {e}") from None
-    if out.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{str(out)!r} already exists; pass overwrite=True to replace it")
-    t0 = time.perf_counter()
-    with torch_threads(cfg.num_threads):
-        hf, tok, parent = _resolve(model, tokenizer)
-        encoded = encode_examples(pairs, tok, cfg.template, cfg.add_eos, cfg.max_length)
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        parent["weight_hash"] = weight_hash(hf)
-        parent["arch"] = type(hf).__name__
-        parent["adapter"] = None
-        torch.manual_seed(cfg.seed)
-        if adapter is not None:
-            from peft import PeftModel
-
-            check_adapter(adapter, hf, parent["weight_hash"])
-            parent["adapter"] = str(Path(adapter).resolve())
-            hf = PeftModel.from_pretrained(hf, adapter, is_trainable=cfg.method == "lora")
-            if cfg.method == "full":
-                hf = hf.merge_and_unload()
-        if cfg.method == "lora" and adapter is None:
-            from peft import LoraConfig, get_peft_model
-
-            targets = lora_targets(hf, cfg.target_modules)
-            lcfg = LoraConfig(
-                r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout,
-                target_modules=targets,
-                fan_in_fan_out=getattr(hf.config, "model_type", "") == "gpt2",
-                task_type="CAUSAL_LM",
-            )
-            hf = get_peft_model(hf, lcfg)
-        elif cfg.method == "full":
-            _freeze(hf, cfg.trainable)
-        losses, thread_steps = train_loop(hf, encoded, cfg, pad_id, desc=f"finetune[{cfg.method}]")
-        seconds = time.perf_counter() - t0
-        record = {
-            "kind": "deltalens.finetune",
-            "format_version": 1,
-            "method": cfg.method,
-            "config": cfg.to_dict(),
-            "seed": cfg.seed,
-            "template": cfg.template if cfg.template is not None else "<tokenizer chat template>",
-            "data": _data_record(pairs, encoded, data_recipe),
-            "parent": parent,
-            "training": {
-                "steps": len(losses),
-                "first_loss": losses[0],
-                "final_loss": losses[-1],
-                "seconds": round(seconds, 3),
-                "steps_per_thread_count": {str(k): v for k, v in thread_steps.items()},
-            },
-            "versions": _versions(),
-        }
-        with atomic_directory(out, overwrite=cfg.overwrite) as tmp:
-            hf.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            write_json(tmp / CFG_NAME, record)
-    return FinetuneResult(path=out, model=hf, tokenizer=tok, losses=losses, config=cfg, record=record)
+    return get_peft_model(hf, lcfg)
 
 
-def _freeze(model: Any, patterns: tuple[str, ...] | None) -> None:
+def _freeze(model: nn.Module, patterns: tuple[str, ...] | None) -> None:
     names = [n for n, _ in model.named_parameters()]
     if patterns is None:
         return
@@ -265,6 +212,139 @@ def _freeze(model: Any, patterns: tuple[str, ...] | None) -> None:
         raise ValueError(f"trainable={patterns} matches no parameter; names look like {names[:4]}")
     for n, p in model.named_parameters():
         p.requires_grad_(n in chosen)
+
+
+# ---------------------------------------------------------------- steps of finetune
+
+
+def _resolve_config(config: FinetuneConfig | None, overrides: dict[str, Any]) -> FinetuneConfig:
+    """``config`` (default ``FinetuneConfig()``) with single fields replaced by ``overrides``."""
+    base = config or FinetuneConfig()
+    return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def _check_recipe(data_recipe: Any) -> None:
+    try:
+        json.dumps(data_recipe)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"data_recipe must be JSON-serialisable (it goes into {CFG_NAME}): {e}") from None
+
+
+def _check_target(out: Path, cfg: FinetuneConfig) -> None:
+    if out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{str(out)!r} already exists; pass overwrite=True to replace it")
+
+
+def _pad_id(tok: PreTrainedTokenizerBase) -> int:
+    """The id batches are padded with: the pad token, else EOS, else 0."""
+    return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+
+def _data_record(pairs: list[tuple[str, str]], encoded: Encoded, recipe: Any) -> dict[str, Any]:
+    return {
+        "recipe": recipe,
+        "n_examples": len(pairs),
+        "n_response_tokens": sum(len(ids) - n for ids, n in encoded),
+        "sha256": config_key([list(p) for p in pairs]),
+    }
+
+
+def _training_record(losses: list[float], thread_steps: dict[int, int], seconds: float) -> dict[str, Any]:
+    return {
+        "steps": len(losses),
+        "first_loss": losses[0],
+        "final_loss": losses[-1],
+        "seconds": round(seconds, 3),
+        "steps_per_thread_count": {str(k): v for k, v in thread_steps.items()},
+    }
+
+
+def _record(
+    cfg: FinetuneConfig, data: dict[str, Any], parent: dict[str, Any], training: dict[str, Any]
+) -> dict[str, Any]:
+    """The content of ``cfg.json``: recipe, hyperparameters, seed, parent, training and versions."""
+    return {
+        "kind": "deltalens.finetune",
+        "format_version": 1,
+        "method": cfg.method,
+        "config": cfg.to_dict(),
+        "seed": cfg.seed,
+        "template": cfg.template if cfg.template is not None else "<tokenizer chat template>",
+        "data": data,
+        "parent": parent,
+        "training": training,
+        "versions": _versions(),
+    }
+
+
+def _save(
+    out: Path, overwrite: bool, hf: nn.Module, tok: PreTrainedTokenizerBase, record: dict[str, Any]
+) -> None:
+    """Write model (or adapter), tokenizer and ``cfg.json`` to ``out`` atomically."""
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(tmp / CFG_NAME, record)
+
+
+def finetune(
+    model: HookedModel | PreTrainedModel | str | os.PathLike,
+    data: Any,
+    output_dir: str | os.PathLike,
+    config: FinetuneConfig | None = None,
+    *,
+    tokenizer: PreTrainedTokenizerBase | str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = None,
+    data_recipe: Any = None,
+    **overrides: Any,
+) -> FinetuneResult:
+    """Fine-tune a causal LM on ``(prompt, response)`` examples and write a checkpoint.
+
+    Args:
+        model: a HF checkpoint directory, a transformers causal LM (pass ``tokenizer=``) or a
+            ``HookedModel``. It is copied, never modified; a live peft adapter is merged first.
+        data: examples, each ``{"prompt": str, "response": str}``, a ``(prompt, response)`` pair
+            or an object with ``.prompt`` / ``.response``. Loss is on response tokens only; an
+            empty prompt with template ``"{prompt}{response}"`` trains on the whole text.
+        output_dir: where the checkpoint goes (must not exist unless ``overwrite=True``).
+        config: hyperparameters; keyword ``overrides`` replace single fields.
+        tokenizer: the tokenizer (a directory or an object) when ``model`` is in memory.
+        adapter: a LoRA adapter directory of ``model``: ``method="lora"`` continues training
+            it, ``method="full"`` merges it and trains all weights.
+        data_recipe: JSON-able description of where the data came from, kept in ``cfg.json``.
+
+    Returns:
+        ``FinetuneResult`` (``.path``, ``.model`` trained fp32, ``.losses``, ``.record``). The
+        directory holds the adapter (LoRA) or ``model.safetensors`` (full), tokenizer, ``cfg.json``.
+
+    Raises:
+        ValueError: empty or malformed data, a template without ``{response}``, unknown LoRA
+            targets. AdapterMismatchError: ``adapter`` was made for another base.
+        FileExistsError: ``output_dir`` exists and ``overwrite`` is False.
+        TypeError: ``model`` of another kind, ``data`` not a sequence, a non-JSON ``data_recipe``.
+
+    Example:
+        >>> res = finetune(base_dir, [("what is 2 + 3?", "5")] * 32, "out/lora",  # doctest: +SKIP
+        ...                method="lora", template="Q: {prompt} A: {response}", max_steps=10)
+
+    Gotcha: training runs in fp32 on CPU with at most 2 threads, restored afterwards.
+    """
+    cfg = _resolve_config(config, overrides)
+    out = Path(output_dir)
+    pairs = normalize_examples(data)
+    _check_recipe(data_recipe)
+    _check_target(out, cfg)
+    t0 = time.perf_counter()
+    with torch_threads(cfg.num_threads):
+        hf, tok, parent = _resolve(model, tokenizer)
+        encoded = encode_examples(pairs, tok, cfg.template, cfg.add_eos, cfg.max_length)
+        pad_id = _pad_id(tok)
+        hf = _prepare(hf, parent, adapter, cfg)
+        losses, thread_steps = train_loop(hf, encoded, cfg, pad_id, desc=f"finetune[{cfg.method}]")
+        training = _training_record(losses, thread_steps, time.perf_counter() - t0)
+        record = _record(cfg, _data_record(pairs, encoded, data_recipe), parent, training)
+        _save(out, cfg.overwrite, hf, tok, record)
+    return FinetuneResult(path=out, model=hf, tokenizer=tok, losses=losses, config=cfg, record=record)
 
 
 def _versions() -> dict[str, str]:
