@@ -49,6 +49,20 @@ def test_top_k_matches_numpy_svd(delta):
     np.testing.assert_allclose(np.abs(v @ d), np.linalg.norm(d), rtol=1e-6)  # 1-D: the delta's span
 
 
+def test_delta_svd_matches_numpy_and_is_cached(delta):
+    from deltalens import interventions as iv
+    from deltalens.interventions import delta_svd
+
+    n = "layers.0.mlp.up_proj.weight"
+    u, s = delta_svd(delta, n, torch.float64)
+    np.testing.assert_allclose(s.numpy(), np.linalg.svd(delta[n].double().numpy(), compute_uv=False), rtol=1e-10)
+    np.testing.assert_allclose((u * s) @ (u * s).T, delta[n].double().numpy() @ delta[n].double().numpy().T, atol=1e-10)
+    assert delta_svd(delta, n, torch.float64)[0] is u  # one SVD per (tensor, dtype)
+    with pytest.raises(ValueError, match="delta_svd needs a non-zero 2-D delta"):
+        delta_svd(delta, "layers.0.norm.weight")
+    assert not hasattr(iv, "left_svd")  # the bare-matrix left_svd is deltalens.probes'
+
+
 def test_energy_basis_rank_rule(delta):
     n = "layers.0.mlp.up_proj.weight"
     s = np.linalg.svd(delta[n].double().numpy(), compute_uv=False)

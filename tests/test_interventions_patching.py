@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
 import deltalens as dl
 from deltalens.interventions import logit_diff, patch, patching_sweep
+from deltalens.schemas import PATCHING
 from deltalens.testing import param_hash, tiny_model
 
 CLEAN = torch.tensor([[5, 17, 99, 3, 250], [7, 7, 120, 64, 2]])
@@ -94,6 +96,7 @@ def test_patching_across_checkpoints(models):
         want = metric(model.hf_model.lm_head(normed))
     final = table.set_index("name").loc["ln_final.hook_normalized"]
     assert final.metric == pytest.approx(want, abs=1e-5)
+    assert table["layer"].dtype == "Int64" and pd.isna(final.layer) and table["layer"].iloc[0] == 0  # no block
     assert table.attrs["metric_clean"] == pytest.approx(metric(source.logits(CLEAN)), abs=1e-6)
     assert table.attrs["metric_corrupted"] == pytest.approx(metric(model.logits(CLEAN)), abs=1e-6)
 
@@ -137,3 +140,4 @@ def test_patching_one_attention_head(models):
         progress=False,
     )
     assert len(table) == 2 * model.n_heads and set(table["head"]) == set(range(model.n_heads))
+    assert list(table.columns) == list(PATCHING.names) and table["head"].dtype == "Int64"

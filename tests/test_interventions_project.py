@@ -16,6 +16,7 @@ from deltalens.interventions import (
     top_k,
     weight_delta,
 )
+from deltalens.schemas import ENERGY
 from deltalens.testing import param_hash, tiny_model
 from deltalens.testing import perturb as _step
 
@@ -84,7 +85,9 @@ def test_energies_match_numpy_and_sum_to_one(fam):
         orth = ho.energy_kept
     assert par == pytest.approx(num / den, rel=1e-5)
     assert par + orth == pytest.approx(1.0, abs=1e-6)
-    table = energy_table(d_task, basis).set_index("group")
+    raw = energy_table(d_task, basis)
+    assert list(raw.columns) == list(ENERGY.names) and raw["n_tensors"].dtype == "int64"
+    table = raw.set_index("group")
     assert table.loc["all", "energy_kept_parallel"] == pytest.approx(num / den, rel=1e-5)
     assert table.loc["no_embeddings", "n_tensors"] == len(d_task) - 2
     assert table.loc["attn", "n_tensors"] == 8

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from deltalens.interventions import project, random_k, random_like, subspace_sweep, top_k, weight_delta
+from deltalens.schemas import ENERGY_SWEEP, SWEEP
 from deltalens.testing import param_hash, tiny_model
 from deltalens.testing import perturb as _step
 
@@ -33,15 +34,17 @@ def test_each_point_equals_a_standalone_projection(fam):
     assert len(df) == 2 + 3 * 2 * 2 and len(snapshots) == len(df)
     assert list(df.columns[:9]) == [
         "method",
+        "mode",
         "frac",
         "alpha",
         "k_total",
-        "mode",
         "energy_kept",
         "energy_kept_no_embed",
         "edit_s",
         "eval_s",
     ]
+    assert list(df.columns[:7]) == list(SWEEP.names) and SWEEP.check(df) is df  # the declared schema
+    assert df["k_total"].dtype == "int64" and df["frac"].dtype == "float64" and df["frac"].isna().sum() == 2
     assert list(df["frac"].iloc[2:6]) == [0.5, 0.5, 0.1, 0.1]  # the caller's order
     makers = {
         "topk": lambda f: top_k(d_align, f),
@@ -113,6 +116,8 @@ def test_bad_sweep_input(fam):
         subspace_sweep(wa, d_task, d_align, fracs=(0.5,), methods=("svd",), progress=False)
     with pytest.raises(ValueError, match="unknown modes"):
         subspace_sweep(wa, d_task, d_align, fracs=(0.5,), modes=("same",), progress=False)
+    with pytest.raises(TypeError, match="fracs"):  # no default grid: the paper's fractions live in the study
+        subspace_sweep(wa, d_task, d_align, progress=False)
     assert param_hash(wa) == before
 
 
@@ -122,6 +127,7 @@ def test_energy_sweep_matches_energy_kept(fam):
     wa, d_align, d_task = fam
     df = energy_sweep({"t": d_task, "same": d_align}, d_align, fracs=(0.25, 0.75), seed=2)
     assert len(df) == 2 * 3 * 2 * 2
+    assert list(df.columns) == list(ENERGY_SWEEP.names) and df["k_total"].dtype == "int64"
     makers = {
         "topk": lambda f: top_k(d_align, f),
         "randomk": lambda f: random_k(d_align, f, seed=2),

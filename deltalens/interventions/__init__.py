@@ -1,7 +1,8 @@
 """Weight-space and activation-space interventions.
 
 * Deltas: :func:`weight_delta` → :class:`WeightDelta` (per-tensor ΔW, fp32, LoRA kept factored).
-* Bases: :func:`top_k`, :func:`energy`, :func:`random_k`, :func:`random_like` → :class:`Basis`.
+* Bases: :func:`top_k`, :func:`energy`, :func:`random_k`, :func:`random_like` → :class:`Basis`;
+  :func:`delta_svd` gives one tensor's singular vectors (cached on the delta).
 * Projections: :func:`project` / :func:`apply_projection` (reversible in-place weight edits),
   :func:`energy_kept`, :func:`energy_table`, :func:`energy_sweep` (no model needed),
   :func:`subspace_sweep` (evaluates each configuration on a live model).
@@ -16,7 +17,7 @@ Example:
 """
 
 from deltalens.hooks.weights import tensor_group
-from deltalens.interventions.bases import Basis, energy, left_svd, random_k, random_like, top_k
+from deltalens.interventions.bases import Basis, delta_svd, energy, random_k, random_like, top_k
 from deltalens.interventions.delta import DeltaReference, LowRank, WeightDelta, weight_delta
 from deltalens.interventions.energies import energy_kept, energy_sweep, energy_table
 from deltalens.interventions.modules import ModuleFilter, select_names
@@ -37,11 +38,11 @@ __all__ = [
     "add_patch",
     "add_steering",
     "apply_projection",
+    "delta_svd",
     "energy",
     "energy_kept",
     "energy_sweep",
     "energy_table",
-    "left_svd",
     "logit_diff",
     "patch",
     "patching_sweep",

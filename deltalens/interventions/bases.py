@@ -57,18 +57,30 @@ def structural_rank(delta: WeightDelta, name: str) -> int:
     return min(e.rank, full) if isinstance(e, LowRank) else full
 
 
-def left_svd(
+def delta_svd(
     delta: WeightDelta, name: str, dtype: torch.dtype = torch.float32
 ) -> tuple[Float[Tensor, "out r"], Float[Tensor, " r"]]:
     """Exact left singular vectors and values of one 2-D tensor's delta (cached on ``delta``).
 
-    A low-rank delta ``B A`` is decomposed without densifying: ``B = Q R``, ``svd(R A)``.
+    A low-rank delta ``B A`` is decomposed without densifying: ``B = Q R``, ``svd(R A)``. (Not to be
+    confused with :func:`deltalens.probes.overlap.left_svd`, which decomposes a bare matrix.)
+
+    Args:
+        delta: the weight delta.
+        name: a 2-D tensor of ``delta`` whose update is not zero.
+        dtype: the SVD's dtype.
+
+    Returns:
+        ``(U [out, r], S [r])``: left singular vectors (``[out, in]`` orientation) and values, descending.
+
+    Raises:
+        ValueError: the tensor's update is zero or not 2-D.
     """
     key = ("svd", name, dtype)
     if key not in delta._cache:
         e = delta.oriented(name)
         if e is None or len(delta.oriented_shape(name)) != 2:
-            raise ValueError(f"{name!r}: left_svd needs a non-zero 2-D delta")
+            raise ValueError(f"{name!r}: delta_svd needs a non-zero 2-D delta")
         if isinstance(e, LowRank) and e.rank < min(e.shape):
             q, r = torch.linalg.qr(e.B.to(dtype))
             u, s, _ = torch.linalg.svd(r @ e.A.to(dtype), full_matrices=False)
@@ -169,7 +181,7 @@ class Basis:
         if avail == 0 or len(shape) != 2:
             return min(avail, 1)
         if self.method == "energy":
-            _, s = left_svd(self._delta, name, self.dtype)
+            _, s = delta_svd(self._delta, name, self.dtype)
             e = (s.double() ** 2).cumsum(0)
             return min(int(torch.searchsorted(e, self.eta * e[-1]).item()) + 1, avail)
         want = self.k_fixed if self.k_fixed is not None else max(1, round(self.frac * min(shape)))
@@ -217,7 +229,7 @@ class Basis:
             return d._cache[key], None
         if self.svd == "randomized":
             return _randomized_left(d, name, self._ks[name], self.dtype), None
-        u, _ = left_svd(d, name, self.dtype)
+        u, _ = delta_svd(d, name, self.dtype)
         r = structural_rank(d, name)
         if self.method == "randomk":
             g = torch.Generator().manual_seed(tensor_seed(self.seed or 0, name, "randomk"))

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from deltalens.hashing import weight_hash
 from deltalens.hooks.weights import is_embedding, tensor_group, tensor_layer
-from deltalens.interventions.sources import Side, read_side
+from deltalens.interventions.sources import DeltaSource, Side, read_side
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -334,7 +334,59 @@ def _endpoint_samples(side: Side, dense: dict[str, Tensor], transposed: set[str]
     return out
 
 
-def weight_delta(a: Any, b: Any, *, base: Any = None) -> WeightDelta:
+def _dense_part(name: str, sa: Side, sb: Side, da: Side, db: Side) -> Tensor | None:
+    """The dense part of one tensor's ΔW: ``W_b − W_a`` (None where exactly zero) plus additive LoRA terms."""
+    if da is db and name not in sa.lora_full and name not in sb.lora_full:
+        dense_part = None
+    else:
+        wa = sa.lora_full.get(name, da.dense[name])
+        wb = sb.lora_full.get(name, db.dense[name])
+        dense_part = wb - wa
+        if not torch.count_nonzero(dense_part):
+            dense_part = None
+    for side, sign in ((sb, 1.0), (sa, -1.0)):
+        if name in side.lora_add:
+            add = sign * side.lora_add[name]
+            dense_part = add if dense_part is None else dense_part + add
+    return dense_part
+
+
+def _low_part(name: str, sa: Side, sb: Side) -> LowRank | None:
+    """The LoRA factors of one tensor's ΔW: b's minus a's, stacked (None if neither side has any)."""
+    low: LowRank | None = None
+    for side, sign in ((sb, 1), (sa, -1)):
+        if name in side.lora:
+            term = LowRank(*side.lora[name])
+            term = term if sign > 0 else -term
+            low = term if low is None else low + term
+    return low
+
+
+def _tensor_entry(name: str, sa: Side, sb: Side, da: Side, db: Side, transposed: set[str]) -> Entry:
+    """One tensor's ΔW: factored where it is purely low-rank, else dense (None = zero)."""
+    dense_part = _dense_part(name, sa, sb, da, db)
+    low = _low_part(name, sa, sb)
+    if low is not None and dense_part is not None:
+        dl = low.dense()
+        return dense_part + (dl.T if name in transposed else dl)
+    return low if low is not None else dense_part
+
+
+def _reference(sa: Side, sb: Side, da: Side, db: Side, transposed: set[str]) -> DeltaReference:
+    """Describe and fingerprint the two endpoints (an adapter's endpoint is its base plus the adapter)."""
+    samples_a = _endpoint_samples(sa, da.dense, transposed)
+    samples_b = _endpoint_samples(sb, db.dense, transposed)
+    return DeltaReference(
+        a=sa.label if not sa.is_adapter else f"{da.label} + adapter {sa.label}",
+        b=sb.label if not sb.is_adapter else f"{db.label} + adapter {sb.label}",
+        fingerprint_a=_digest(samples_a),
+        fingerprint_b=_digest(samples_b),
+        samples_a=samples_a,
+        samples_b=samples_b,
+    )
+
+
+def weight_delta(a: DeltaSource, b: DeltaSource, *, base: DeltaSource | None = None) -> WeightDelta:
     """Per-tensor ``ΔW = W_b − W_a`` in fp32, from unprocessed weights.
 
     Args:
@@ -371,41 +423,5 @@ def weight_delta(a: Any, b: Any, *, base: Any = None) -> WeightDelta:
     transposed = set(da.transposed) | set(db.transposed) | sa.transposed | sb.transposed
     for side, dense in ((sa, da.dense), (sb, db.dense)):
         _check_lora(side, dense, transposed)
-
-    entries: dict[str, Entry] = {}
-    for name in da.dense:
-        if da is db and name not in sa.lora_full and name not in sb.lora_full:
-            dense_part = None
-        else:
-            wa = sa.lora_full.get(name, da.dense[name])
-            wb = sb.lora_full.get(name, db.dense[name])
-            dense_part = wb - wa
-            if not torch.count_nonzero(dense_part):
-                dense_part = None
-        for side, sign in ((sb, 1.0), (sa, -1.0)):
-            if name in side.lora_add:
-                add = sign * side.lora_add[name]
-                dense_part = add if dense_part is None else dense_part + add
-        low: LowRank | None = None
-        for side, sign in ((sb, 1), (sa, -1)):
-            if name in side.lora:
-                term = LowRank(*side.lora[name])
-                term = term if sign > 0 else -term
-                low = term if low is None else low + term
-        if low is not None and dense_part is not None:
-            dl = low.dense()
-            dense_part = dense_part + (dl.T if name in transposed else dl)
-            low = None
-        entries[name] = low if low is not None else dense_part
-
-    samples_a = _endpoint_samples(sa, da.dense, transposed)
-    samples_b = _endpoint_samples(sb, db.dense, transposed)
-    ref = DeltaReference(
-        a=sa.label if not sa.is_adapter else f"{da.label} + adapter {sa.label}",
-        b=sb.label if not sb.is_adapter else f"{db.label} + adapter {sb.label}",
-        fingerprint_a=_digest(samples_a),
-        fingerprint_b=_digest(samples_b),
-        samples_a=samples_a,
-        samples_b=samples_b,
-    )
-    return WeightDelta(entries, shapes_a, ref, frozenset(transposed))
+    entries = {name: _tensor_entry(name, sa, sb, da, db, transposed) for name in da.dense}
+    return WeightDelta(entries, shapes_a, _reference(sa, sb, da, db, transposed), frozenset(transposed))

@@ -22,6 +22,7 @@ from deltalens.interventions.bases import Basis
 from deltalens.interventions.checks import check_basis
 from deltalens.interventions.delta import LowRank, WeightDelta
 from deltalens.interventions.modules import ModulesArg, select_names
+from deltalens.schemas import ENERGY, ENERGY_SWEEP
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,21 +79,16 @@ def energy_table(
     """E_k per tensor group, with and without (un)embeddings.
 
     Returns:
-        Columns ``group, n_tensors, task_sq_norm, energy_kept_parallel, energy_kept_orth``; rows
-        ``all``, ``no_embeddings`` and each non-empty group of :data:`~deltalens.interventions.modules.GROUPS`.
+        An :data:`~deltalens.schemas.ENERGY` frame: ``group, n_tensors, task_sq_norm,
+        energy_kept_parallel, energy_kept_orth``; rows ``all``, ``no_embeddings`` and each non-empty
+        group of :data:`~deltalens.hooks.weights.GROUPS`.
     """
-    import pandas as pd
-
     names = select_names(list(task_delta), modules, task_delta.shapes)
     if check:
         check_basis(basis, task_delta, names)
     per = {n: kept_sq(task_delta, basis, n) for n in names}
-    sets = {"all": names, "no_embeddings": [n for n in names if not is_embedding(n)]}
-    sets.update({g: [n for n in names if tensor_group(n) == g] for g in GROUPS})
     rows = []
-    for g, ns in sets.items():
-        if not ns:
-            continue
+    for g, ns in _groups(names, ("all", "no_embeddings", *GROUPS)).items():
         par, tot = sum(per[n][0] for n in ns), sum(per[n][1] for n in ns)
         ek = par / tot if tot else float("nan")
         rows.append(
@@ -100,7 +96,7 @@ def energy_table(
                 group=g, n_tensors=len(ns), task_sq_norm=tot, energy_kept_parallel=ek, energy_kept_orth=1 - ek
             )
         )
-    return pd.DataFrame(rows)
+    return ENERGY.frame(rows)
 
 
 def _row_energies(u: torch.Tensor, e: torch.Tensor | LowRank) -> torch.Tensor:
@@ -114,12 +110,79 @@ def _row_energies(u: torch.Tensor, e: torch.Tensor | LowRank) -> torch.Tensor:
 
 
 def _groups(names: list[str], groups: Sequence[str]) -> dict[str, list[str]]:
+    """The non-empty ones of ``groups`` (``all``, ``no_embeddings`` or a tensor group) -> their tensors."""
     sets = {"all": names, "no_embeddings": [n for n in names if not is_embedding(n)]}
     sets.update({g: [n for n in names if tensor_group(n) == g] for g in GROUPS})
     bad = [g for g in groups if g not in sets]
     if bad:
         raise ValueError(f"unknown groups {bad}; expected any of {list(sets)}")
     return {g: sets[g] for g in groups if sets[g]}
+
+
+def _cumulative(
+    delta: WeightDelta, names: list[str], basis: Basis, cache: dict[tuple[str, int], torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Per tensor, ``[0, ‖P_1 Δ‖², ‖P_2 Δ‖², ...]``: the energy kept by the method's first k vectors.
+
+    ``cache`` holds each tensor's row energies per vector set, shared by methods with the same vectors.
+    """
+    cum: dict[str, torch.Tensor] = {}
+    for n in names:
+        u, order = basis.ordered_parts(n)
+        e = delta.oriented(n)
+        if e is None or u.shape[1] == 0:
+            cum[n] = torch.zeros(1, dtype=torch.float64)
+            continue
+        key = (n, id(u))
+        if key not in cache:
+            cache[key] = _row_energies(u, e)
+        r = cache[key] if order is None else cache[key][order]
+        cum[n] = torch.cat([torch.zeros(1, dtype=torch.float64), r.cumsum(0)])
+    return cum
+
+
+def _sweep_row(
+    basis: Basis, ns: list[str], total: dict[str, float], cum: dict[str, torch.Tensor]
+) -> dict[str, float | int]:
+    """The energies of one basis over one group of tensors ``ns``."""
+    tot = sum(total[n] for n in ns)
+    kept = sum(float(cum[n][min(basis.k(n), len(cum[n]) - 1)]) for n in ns)
+    rand = sum(total[n] * basis.k(n) / basis.shapes[n][0] for n in ns)
+    ek = kept / tot if tot else float("nan")
+    return dict(
+        n_tensors=len(ns),
+        k_total=sum(basis.k(n) for n in ns if len(basis.shapes[n]) == 2),
+        energy_kept_parallel=ek,
+        energy_kept_orth=1 - ek,
+        random_expected=rand / tot if tot else float("nan"),
+    )
+
+
+def _task_rows(
+    label: str,
+    delta: WeightDelta,
+    bases: dict[tuple[str, float], Basis],
+    grid: tuple[Sequence[str], Sequence[float]],
+    modules: ModulesArg,
+    groups: Sequence[str],
+    check: bool,
+) -> list[dict[str, object]]:
+    """The :data:`~deltalens.schemas.ENERGY_SWEEP` rows of one task update over the grid ``(methods, fracs)``."""
+    methods, fracs = grid
+    names = select_names(list(delta), modules, delta.shapes)
+    if check:
+        check_basis(next(iter(bases.values())), delta, names)
+    sets = _groups(names, groups)
+    total = {n: delta.sq_norm(n) for n in names}
+    cache: dict[tuple[str, int], torch.Tensor] = {}
+    rows: list[dict[str, object]] = []
+    for method in methods:
+        cum = _cumulative(delta, names, bases[(method, fracs[0])], cache)
+        for frac in fracs:
+            for g, ns in sets.items():
+                row = _sweep_row(bases[(method, frac)], ns, total, cum)
+                rows.append(dict(task=label, method=method, frac=frac, group=g, **row))
+    return rows
 
 
 def energy_sweep(
@@ -145,20 +208,19 @@ def energy_sweep(
         fracs, methods, seed, over_rank: as for :func:`~deltalens.interventions.sweep.subspace_sweep`.
         modules: tensors to include before grouping (default all).
         groups: rows per group: ``"all"``, ``"no_embeddings"`` and any of
-            :data:`~deltalens.interventions.modules.GROUPS`; the prototype found the Exp-1
+            :data:`~deltalens.hooks.weights.GROUPS`; the prototype found the Exp-1
             diagnostic flips when embeddings are included, so the default reports both.
         check: reject a subspace delta from another model family.
 
     Returns:
-        Columns ``task, method, frac, group, n_tensors, k_total, energy_kept_parallel,
-        energy_kept_orth, random_expected`` where ``random_expected = Σ (k/m)‖Δ‖² / Σ‖Δ‖²`` is the
-        mean E_k of a Haar-random subspace of the same k per tensor (1-D tensors: ``1/n``).
+        An :data:`~deltalens.schemas.ENERGY_SWEEP` frame: ``task, method, frac, group, n_tensors,
+        k_total, energy_kept_parallel, energy_kept_orth, random_expected`` where ``random_expected =
+        Σ (k/m)‖Δ‖² / Σ‖Δ‖²`` is the mean E_k of a Haar-random subspace of the same k per tensor
+        (1-D tensors: ``1/n``).
 
     Example:
         >>> energy_sweep({"useful": d_u, "harmful": d_h}, d_align, fracs=(0.25,), groups=("no_embeddings",))
     """
-    import pandas as pd
-
     tasks = {"task": task_deltas} if isinstance(task_deltas, WeightDelta) else dict(task_deltas)
     bases = {
         (m, f): Basis(
@@ -169,43 +231,5 @@ def energy_sweep(
     }
     rows = []
     for label, delta in tasks.items():
-        names = select_names(list(delta), modules, delta.shapes)
-        if check:
-            check_basis(next(iter(bases.values())), delta, names)
-        sets = _groups(names, groups)
-        total = {n: delta.sq_norm(n) for n in names}
-        cache: dict[tuple[str, int], torch.Tensor] = {}
-        for method in methods:
-            cum: dict[str, torch.Tensor] = {}
-            for n in names:
-                u, order = bases[(method, fracs[0])].ordered_parts(n)
-                e = delta.oriented(n)
-                if e is None or u.shape[1] == 0:
-                    cum[n] = torch.zeros(1, dtype=torch.float64)
-                    continue
-                key = (n, id(u))
-                if key not in cache:
-                    cache[key] = _row_energies(u, e)
-                r = cache[key] if order is None else cache[key][order]
-                cum[n] = torch.cat([torch.zeros(1, dtype=torch.float64), r.cumsum(0)])
-            for frac in fracs:
-                basis = bases[(method, frac)]
-                for g, ns in sets.items():
-                    tot = sum(total[n] for n in ns)
-                    kept = sum(float(cum[n][min(basis.k(n), len(cum[n]) - 1)]) for n in ns)
-                    rand = sum(total[n] * basis.k(n) / basis.shapes[n][0] for n in ns)
-                    ek = kept / tot if tot else float("nan")
-                    rows.append(
-                        dict(
-                            task=label,
-                            method=method,
-                            frac=frac,
-                            group=g,
-                            n_tensors=len(ns),
-                            k_total=sum(basis.k(n) for n in ns if len(basis.shapes[n]) == 2),
-                            energy_kept_parallel=ek,
-                            energy_kept_orth=1 - ek,
-                            random_expected=rand / tot if tot else float("nan"),
-                        )
-                    )
-    return pd.DataFrame(rows)
+        rows += _task_rows(label, delta, bases, (methods, fracs), modules, groups, check)
+    return ENERGY_SWEEP.frame(rows)

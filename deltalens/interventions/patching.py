@@ -15,17 +15,23 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from deltalens.schemas import PATCHING
+
 if TYPE_CHECKING:
     import pandas as pd
 
     from deltalens.hooks.cache import ActivationCache
+    from deltalens.hooks.model import HookedModel, HookHandle, Inputs
+    from deltalens.hooks.names import NamesArg
 
 Metric = Callable[[Tensor], float | Tensor]
 PatchPositions = None | int | slice | Sequence[int]
@@ -93,12 +99,12 @@ def _patch_fn(
 
 
 def add_patch(
-    model: Any,
+    model: HookedModel,
     source_cache: ActivationCache,
-    names: Any = None,
+    names: NamesArg = None,
     positions: PatchPositions = None,
     heads: Sequence[int] | None = None,
-) -> Any:
+) -> HookHandle:
     """Handle-returning twin of :func:`patch` (``handle.remove()`` undoes it)."""
     from deltalens.hooks.names import resolve_names
 
@@ -117,12 +123,12 @@ def add_patch(
 
 @contextlib.contextmanager
 def patch(
-    model: Any,
+    model: HookedModel,
     source_cache: ActivationCache,
-    names: Any = None,
+    names: NamesArg = None,
     positions: PatchPositions = None,
     heads: Sequence[int] | None = None,
-) -> Iterator[Any]:
+) -> Iterator[HookHandle]:
     """Replace activations at ``names`` (and ``positions``) with the source cache's, inside the block.
 
     Args:
@@ -168,65 +174,15 @@ def logit_diff(good: int | Sequence[int], bad: int | Sequence[int], position: in
     return metric
 
 
-def _tokens(model: Any, inputs: Any) -> tuple[Tensor, Tensor]:
+def _tokens(model: HookedModel, inputs: Inputs) -> tuple[Tensor, Tensor]:
     batch = model.tokenize(inputs, padding_side="left")  # position -1 is every row's last real token
     return batch.input_ids, batch.attention_mask
 
 
-def patching_sweep(
-    model: Any,
-    clean: Any,
-    corrupted: Any = None,
-    metric: Metric | None = None,
-    *,
-    source_model: Any = None,
-    names: Any = "blocks.*.hook_resid_pre",
-    positions: str | Sequence[int] | None = "all",
-    heads: bool | Sequence[int] = False,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Patch one hook × position (× head) at a time from a clean source run into a target run.
-
-    Two set-ups, one API:
-
-    * within a model: ``patching_sweep(model, clean, corrupted, metric=...)`` caches ``model`` on
-      ``clean`` and patches into its run on ``corrupted``;
-    * across checkpoints: ``patching_sweep(aligned, prompts, source_model=finetuned, metric=...)``
-      caches ``finetuned`` on ``prompts`` and patches into ``aligned`` on the same prompts
-      (``corrupted`` may still be given).
-
-    Args:
-        model: the ``HookedModel`` patched into.
-        clean: the source inputs (texts, padded on the left, or ``[batch, pos]`` token ids).
-        corrupted: the target inputs (default: ``clean``); must tokenize to the same shape.
-        source_model: where the clean activations come from (default ``model``); needs the same
-            tokenizer and d_model.
-        metric: ``metric(logits[batch, pos, vocab]) -> float``.
-        names: hooks to sweep (default every ``blocks.*.hook_resid_pre``).
-        positions: ``"all"`` (each position in turn), None (all positions at once), or a list
-            (negative entries count from the end: ``[-1]`` is every row's last token).
-        heads: for ``attn.hook_pattern`` names, True (each head) or a list of heads.
-        progress: tqdm progress bar.
-
-    Returns:
-        DataFrame with ``name, layer, position, (head,) metric, effect`` (``position`` is the absolute
-        index, -1 when all positions are patched together). ``effect = (metric − corrupted) / (clean − corrupted)`` is 1
-        where the patch restores the source behaviour and 0 where it does nothing (NaN when
-        clean = corrupted). ``attrs`` hold ``metric_clean`` and ``metric_corrupted``.
-
-    Example:
-        >>> t = patching_sweep(model, clean_ids, corrupted_ids, metric=logit_diff(a, b), positions=[4, 5])
-    """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from deltalens.hooks.names import layer_of, resolve_names
-
-    if metric is None or not callable(metric):
-        raise TypeError(
-            "patching_sweep needs metric=callable(logits) -> float, e.g. logit_diff(good_id, bad_id)"
-        )
-    src_model = source_model if source_model is not None else model
+def _sweep_inputs(
+    model: HookedModel, source: HookedModel, clean: Inputs, corrupted: Inputs | None
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``(clean ids, mask), (corrupted ids, mask)``, checked to fit each other and both models."""
     c_ids, c_mask = _tokens(model, clean)
     t_ids, t_mask = (c_ids, c_mask) if corrupted is None else _tokens(model, corrupted)
     if t_ids.shape != c_ids.shape:
@@ -234,52 +190,132 @@ def patching_sweep(
             f"clean inputs tokenize to {tuple(c_ids.shape)} but corrupted to {tuple(t_ids.shape)}; patching needs "
             "the same batch size and length (pass token ids of equal length)"
         )
-    if getattr(src_model, "d_model", None) != getattr(model, "d_model", None):
-        raise ValueError(f"source d_model {src_model.d_model} differs from the target's {model.d_model}")
-    chosen = resolve_names(names, model.hook_names)
-    head_list: list[int | None] = [None]
-    if heads is not False:
-        if not all(n.endswith("hook_pattern") for n in chosen):
-            raise ValueError("heads= needs attn.hook_pattern names, e.g. names='blocks.*.attn.hook_pattern'")
-        head_list = list(range(model.n_heads)) if heads is True else [int(h) for h in heads]
-    clean_logits, cache = src_model.run_with_cache(
-        c_ids, names=chosen, attention_mask=c_mask, return_logits=True
-    )
-    m_clean = float(metric(clean_logits))
-    m_corr = float(metric(model.logits(t_ids, attention_mask=t_mask)))
-    span = m_clean - m_corr
+    if source.d_model != model.d_model:
+        raise ValueError(f"source d_model {source.d_model} differs from the target's {model.d_model}")
+    return (c_ids, c_mask), (t_ids, t_mask)
+
+
+def _head_list(model: HookedModel, chosen: list[str], heads: bool | Sequence[int]) -> list[int | None]:
+    """The heads to patch one at a time (``[None]``: whole hooks)."""
+    if heads is False:
+        return [None]
+    if not all(n.endswith("hook_pattern") for n in chosen):
+        raise ValueError("heads= needs attn.hook_pattern names, e.g. names='blocks.*.attn.hook_pattern'")
+    return list(range(model.n_heads)) if heads is True else [int(h) for h in heads]
+
+
+def _position_list(positions: str | Sequence[int] | None, t: int) -> list[int | None]:
+    """The positions to patch one at a time (``[None]``: all together), negative ones resolved."""
     if positions == "all":
-        pos_list: list[int | None] = list(range(c_ids.shape[1]))
-    elif positions is None:
-        pos_list = [None]
-    elif isinstance(positions, str):
+        return list(range(t))
+    if positions is None:
+        return [None]
+    if isinstance(positions, str):
         raise ValueError(f"positions must be 'all', None or a list of ints, got {positions!r}")
-    else:
-        t = c_ids.shape[1]
-        pos_list = [int(p) % t if -t <= int(p) < t else int(p) for p in positions]
-        bad = [p for p in pos_list if not 0 <= p < t]
-        if bad:
-            raise ValueError(f"positions {bad} are outside the inputs' {t} positions")
+    pos_list: list[int | None] = [int(p) % t if -t <= int(p) < t else int(p) for p in positions]
+    bad = [p for p in pos_list if not 0 <= p < t]
+    if bad:
+        raise ValueError(f"positions {bad} are outside the inputs' {t} positions")
+    return pos_list
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The patched run: the model, its inputs, the metric and the two reference values of it."""
+
+    model: HookedModel
+    ids: Tensor
+    mask: Tensor
+    metric: Metric
+    m_clean: float
+    m_corr: float
+
+
+def _patch_rows(
+    target: _Target,
+    cache: ActivationCache,
+    grid: tuple[list[str], list[int | None], list[int | None]],
+    with_heads: bool,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """One :data:`~deltalens.schemas.PATCHING` row per hook × position × head of ``grid``."""
+    from tqdm.auto import tqdm
+
+    from deltalens.hooks.names import layer_of
+
+    chosen, pos_list, head_list = grid
+    span = target.m_clean - target.m_corr
     rows = []
     total = len(chosen) * len(pos_list) * len(head_list)
     with tqdm(total=total, desc="patching", unit="run", disable=not progress) as bar:
-        for name in chosen:
-            for pos in pos_list:
-                for h in head_list:
-                    with patch(
-                        model,
-                        cache,
-                        [name],
-                        positions=None if pos is None else [pos],
-                        heads=None if h is None else [h],
-                    ):
-                        m = float(metric(model.logits(t_ids, attention_mask=t_mask)))
-                    row = {"name": name, "layer": layer_of(name), "position": -1 if pos is None else pos}
-                    if heads is not False:
-                        row["head"] = h
-                    row.update(metric=m, effect=(m - m_corr) / span if span != 0 else float("nan"))
-                    rows.append(row)
-                    bar.update(1)
-    df = pd.DataFrame(rows)
+        for name, pos, h in itertools.product(chosen, pos_list, head_list):
+            at = None if pos is None else [pos]
+            with patch(target.model, cache, [name], positions=at, heads=None if h is None else [h]):
+                m = float(target.metric(target.model.logits(target.ids, attention_mask=target.mask)))
+            row = {"name": name, "layer": layer_of(name), "position": -1 if pos is None else pos}
+            if with_heads:
+                row["head"] = h
+            row.update(metric=m, effect=(m - target.m_corr) / span if span != 0 else float("nan"))
+            rows.append(row)
+            bar.update(1)
+    return rows
+
+
+def patching_sweep(
+    model: HookedModel,
+    clean: Inputs,
+    corrupted: Inputs | None = None,
+    metric: Metric | None = None,
+    *,
+    source_model: HookedModel | None = None,
+    names: NamesArg = "blocks.*.hook_resid_pre",
+    positions: str | Sequence[int] | None = "all",
+    heads: bool | Sequence[int] = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Patch one hook × position (× head) at a time from a clean source run into a target run.
+
+    Within a model, ``patching_sweep(model, clean, corrupted, metric=...)`` caches ``model`` on
+    ``clean`` and patches into its run on ``corrupted``. Across checkpoints,
+    ``patching_sweep(aligned, prompts, source_model=finetuned, metric=...)`` caches ``finetuned`` on
+    ``prompts`` and patches into ``aligned`` on the same prompts (``corrupted`` may still be given).
+
+    Args:
+        model: the ``HookedModel`` patched into.
+        clean: the source inputs (texts, padded on the left, or ``[batch, pos]`` token ids).
+        corrupted: the target inputs (default: ``clean``); must tokenize to the same shape.
+        metric: ``metric(logits[batch, pos, vocab]) -> float``.
+        source_model: where the clean activations come from (default ``model``); same tokenizer and d_model.
+        names: hooks to sweep (default every ``blocks.*.hook_resid_pre``).
+        positions: ``"all"`` (each position in turn), None (all at once), or a list (negative entries
+            count from the end: ``[-1]`` is every row's last token).
+        heads: for ``attn.hook_pattern`` names, True (each head) or a list of heads.
+        progress: tqdm progress bar.
+
+    Returns:
+        A :data:`~deltalens.schemas.PATCHING` frame ``name, layer, position, (head,) metric, effect``
+        (``position`` -1 when all are patched together); ``effect = (metric − corrupted) / (clean −
+        corrupted)``: 1 where the patch restores the source behaviour, 0 where it does nothing, NaN
+        when clean = corrupted. ``attrs`` hold ``metric_clean`` and ``metric_corrupted``.
+
+    Example:
+        >>> t = patching_sweep(model, clean_ids, corrupted_ids, metric=logit_diff(a, b), positions=[4, 5])
+    """
+    from deltalens.hooks.names import resolve_names
+
+    if metric is None or not callable(metric):
+        raise TypeError(
+            "patching_sweep needs metric=callable(logits) -> float, e.g. logit_diff(good_id, bad_id)"
+        )
+    src_model = source_model if source_model is not None else model
+    (c_ids, c_mask), (t_ids, t_mask) = _sweep_inputs(model, src_model, clean, corrupted)
+    chosen = resolve_names(names, model.hook_names)
+    head_list = _head_list(model, chosen, heads)
+    clean_logits, cache = src_model.run_with_cache(c_ids, names=chosen, attention_mask=c_mask, return_logits=True)
+    m_clean = float(metric(clean_logits))
+    m_corr = float(metric(model.logits(t_ids, attention_mask=t_mask)))
+    grid = (chosen, _position_list(positions, c_ids.shape[1]), head_list)
+    target = _Target(model, t_ids, t_mask, metric, m_clean, m_corr)
+    df = PATCHING.frame(_patch_rows(target, cache, grid, heads is not False, progress))
     df.attrs.update(metric_clean=m_clean, metric_corrupted=m_corr)
     return df

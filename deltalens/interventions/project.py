@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -35,6 +36,9 @@ from deltalens.interventions.checks import At, check_basis, check_live, claim, l
 from deltalens.interventions.delta import LowRank, WeightDelta
 from deltalens.interventions.energies import MODES, Mode
 from deltalens.interventions.modules import ModulesArg, select_names
+
+if TYPE_CHECKING:
+    from deltalens.hooks.model import HookedModel
 
 Outside = Literal["reference", "task"]
 
@@ -115,8 +119,84 @@ def _to_stored(upd: Tensor | LowRank, name: str, delta: WeightDelta) -> Tensor:
     return d.T if name in delta.transposed else d
 
 
+@dataclass(frozen=True)
+class _Edit:
+    """What one projection writes: Δ_T, the basis vectors of the projected tensors, and the rule."""
+
+    delta: WeightDelta
+    vecs: dict[str, Tensor]
+    where: str
+    mode: Mode
+    alpha: float
+    outside: Outside
+
+
+def check_outside(outside: str) -> None:
+    """Raise ValueError unless ``outside`` is ``"reference"`` or ``"task"``."""
+    if outside not in ("reference", "task"):
+        raise ValueError(f"outside must be 'reference' or 'task', got {outside!r}")
+
+
+def _checked_vectors(
+    key: int, live: dict[str, Tensor], task_delta: WeightDelta, basis: Basis, names: list[str], at: At, check: bool
+) -> tuple[str, dict[str, Tensor]]:
+    """Check model, delta and basis, then resolve every basis (each SVD) before a weight changes.
+
+    Returns ``(where, vectors)``; on any error the claim ``key`` is released and the error re-raised.
+    """
+    all_names = list(task_delta)
+    try:
+        check_live(live, task_delta, all_names)
+        if check:
+            check_basis(basis, task_delta, names)
+        where = locate(live, task_delta, all_names, at)
+        return where, {n: basis.vectors(n) for n in names}
+    except BaseException:
+        release(key)
+        raise
+
+
+def _edited(all_names: list[str], chosen: set[str], where: str, outside: Outside, alpha: float) -> list[str]:
+    """The tensors to write: the projected ones, and the others unless they already hold what they should."""
+    settled = (where == "reference" and outside == "reference") or (
+        where == "target" and outside == "task" and alpha == 1.0
+    )
+    return [n for n in all_names if n in chosen or not settled]
+
+
+def _write_one(param: Tensor, orig: Tensor, name: str, edit: _Edit) -> tuple[float, float]:
+    """Write ``W_ref + α·P(Δ_T)`` (projected tensors), ``W_ref`` or ``W_ref + α Δ_T`` (the others).
+
+    Returns:
+        ``(‖P Δ_T‖²_F, ‖Δ_T‖²_F)`` of a projected tensor, ``(0.0, 0.0)`` for the others.
+    """
+    w = reference_weight(orig, edit.delta, name, edit.where)
+    upd: Tensor | LowRank | None = None
+    kept = total = 0.0
+    if name in edit.vecs:
+        upd = projected(edit.delta.oriented(name), edit.vecs[name], edit.mode)
+        kept, total = _sq(upd), edit.delta.sq_norm(name)
+    elif edit.outside == "task":
+        upd = edit.delta.oriented(name)
+    if upd is not None:
+        w = w.add(_to_stored(upd, name, edit.delta).to(w.device), alpha=edit.alpha)
+    param.copy_(w)
+    return kept, total
+
+
+def _write_all(live: dict[str, Tensor], names: list[str], edit: _Edit, originals: dict[str, Tensor]) -> float:
+    """Save each tensor's original into ``originals`` and write its edit; returns E_k (NaN if ΔT is 0)."""
+    kept = total = 0.0
+    with torch.no_grad():
+        for n in names:
+            originals[n] = live[n].detach().clone()
+            k, t = _write_one(live[n], originals[n], n, edit)
+            kept, total = kept + k, total + t
+    return kept / total if total else float("nan")
+
+
 def apply_projection(
-    model: Any,
+    model: HookedModel | torch.nn.Module,
     task_delta: WeightDelta,
     basis: Basis,
     mode: Mode = "parallel",
@@ -130,16 +210,14 @@ def apply_projection(
     """Set ``W = W_ref + α·P(Δ_T)`` on the live model and return a handle to undo it.
 
     Args:
-        model: a ``HookedModel`` or a Hugging Face model holding the task delta's reference or
-            target weights.
+        model: a ``HookedModel`` or a Hugging Face model holding Δ_T's reference or target weights.
         task_delta: Δ_T (its ``a`` side is ``W_ref``).
         basis: the subspace, e.g. ``top_k(alignment_delta, frac=0.25)``.
         mode: ``"parallel"`` (keep ``L Lᵀ Δ_T``) or ``"orth"`` (keep ``Δ_T − L Lᵀ Δ_T``).
         alpha: scale of the kept update.
         modules: which tensors are projected (see :func:`~deltalens.interventions.modules.select_names`);
             default every tensor of the delta, embeddings and ``lm_head`` included, as in the paper.
-        outside: tensors outside ``modules`` get ``W_ref`` (``"reference"``) or the whole update
-            ``W_ref + α Δ_T`` (``"task"``).
+        outside: tensors outside ``modules`` get ``W_ref`` (``"reference"``) or ``W_ref + α Δ_T`` (``"task"``).
         at: where the model stands (``"auto"`` recognises it from the delta's fingerprints).
         check: reject a basis from another model family.
 
@@ -156,58 +234,29 @@ def apply_projection(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if outside not in ("reference", "task"):
-        raise ValueError(f"outside must be 'reference' or 'task', got {outside!r}")
+    check_outside(outside)
     all_names = list(task_delta)
     names = select_names(all_names, modules, task_delta.shapes)
     live = live_params(model)
     label = f"{basis.describe()} {mode} α={alpha}"
     key = claim(live, label)
-    try:
-        check_live(live, task_delta, all_names)
-        if check:
-            check_basis(basis, task_delta, names)
-        where = locate(live, task_delta, all_names, at)
-        vecs = {n: basis.vectors(n) for n in names}  # resolve every SVD before touching a weight
-    except BaseException:
-        release(key)
-        raise
-    chosen = set(names)
-    # tensors outside the filter already hold what they should when the model stands there
-    settled = (where == "reference" and outside == "reference") or (
-        where == "target" and outside == "task" and alpha == 1.0
-    )
-    edits = [n for n in all_names if n in chosen or not settled]
+    where, vecs = _checked_vectors(key, live, task_delta, basis, names, at, check)
+    edit = _Edit(task_delta, vecs, where, mode, alpha, outside)
     originals: dict[str, Tensor] = {}
-    kept = total = 0.0
     handle = ProjectionHandle(live, originals, label, float("nan"), key)
     try:
-        with torch.no_grad():
-            for n in edits:
-                p = live[n]
-                originals[n] = p.detach().clone()
-                w = reference_weight(originals[n], task_delta, n, where)
-                upd: Tensor | LowRank | None = None
-                if n in chosen:
-                    upd = projected(task_delta.oriented(n), vecs[n], mode)
-                    kept += _sq(upd)
-                    total += task_delta.sq_norm(n)
-                elif outside == "task":
-                    upd = task_delta.oriented(n)
-                if upd is not None:
-                    w = w.add(_to_stored(upd, n, task_delta).to(w.device), alpha=alpha)
-                p.copy_(w)
+        energy = _write_all(live, _edited(all_names, set(names), where, outside, alpha), edit, originals)
     except BaseException:
         handle.restore()
         raise
-    handle.energy_kept = kept / total if total else float("nan")
+    handle.energy_kept = energy
     handle.names = list(originals)
     return handle
 
 
 @contextlib.contextmanager
 def project(
-    model: Any,
+    model: HookedModel | torch.nn.Module,
     task_delta: WeightDelta,
     basis: Basis,
     mode: Mode = "parallel",

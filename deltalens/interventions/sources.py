@@ -17,11 +17,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from deltalens.hooks.model import HookedModel
 from deltalens.hooks.weights import canonical_name, is_conv1d_name, live_weights, transposed_weights
 
 _LORA_KEY = re.compile(
     r"^(?P<mod>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.[^.]+)?\.weight$"
 )
+
+
+DeltaSource = HookedModel | torch.nn.Module | Mapping[str, Tensor] | str | Path
+"""One endpoint of a weight delta: a ``HookedModel``, a Hugging Face model, a state dict, or the
+path of a safetensors checkpoint (directory or file) or of a peft LoRA adapter directory."""
 
 
 @dataclass(kw_only=True)
@@ -84,9 +90,8 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     return default
 
 
-def _read_adapter(path: Path) -> Side:
-    from safetensors.torch import load_file
-
+def _adapter_config(path: Path) -> dict[str, Any]:
+    """The adapter's ``adapter_config.json``, if it describes a plain LoRA adapter whose weights exist."""
     cfg = json.loads((path / "adapter_config.json").read_text())
     if cfg.get("peft_type", "LORA") != "LORA":
         raise ValueError(
@@ -96,13 +101,15 @@ def _read_adapter(path: Path) -> Side:
         raise ValueError(
             f"{path}: a DoRA adapter is not a low-rank ΔW; merge it (dl.load(..., adapter=...)) and pass the model"
         )
-    weights = path / "adapter_model.safetensors"
-    if not weights.is_file():
+    if not (path / "adapter_model.safetensors").is_file():
         raise FileNotFoundError(f"{path} has adapter_config.json but no adapter_model.safetensors")
-    raw = load_file(str(weights))
-    fan_in_fan_out = bool(cfg.get("fan_in_fan_out", False))
+    return cfg
+
+
+def _adapter_tensors(path: Path, raw: dict[str, Tensor], side: Side) -> dict[str, dict[str, Tensor]]:
+    """Sort an adapter's tensors: LoRA factors and biases per module (returned), whole tensors of
+    ``modules_to_save`` into ``side.lora_full``."""
     groups: dict[str, dict[str, Tensor]] = {}
-    side = Side(label=str(path))
     for key, t in raw.items():
         key = key.removeprefix("base_model.model.")
         m = _LORA_KEY.match(key)
@@ -117,28 +124,43 @@ def _read_adapter(path: Path) -> Side:
             side.lora_full[
                 key.replace(".modules_to_save.default.", ".").replace(".original_module.", ".")
             ] = t.float()
-    for mod, parts in groups.items():
-        emb = "lora_embedding_A" in parts
-        a = parts.get("lora_embedding_A" if emb else "lora_A")
-        b = parts.get("lora_embedding_B" if emb else "lora_B")
-        if a is None or b is None:
-            raise ValueError(f"{path}: module {mod!r} has only one of its LoRA factors")
-        r = a.shape[0]
-        alpha = _pattern_value(cfg.get("alpha_pattern") or {}, mod, cfg.get("lora_alpha", r))
-        scale = alpha / (r**0.5 if cfg.get("use_rslora") else r)
-        name = mod + ".weight"
-        if emb:  # embedding weight [vocab, d] = (B A)^T s with A [r, vocab], B [d, r]
-            side.lora[name] = (a.T.contiguous() * scale, b.T.contiguous())
-        else:  # [out, in] orientation; fan_in_fan_out (Conv1D) stores the weight transposed
-            side.lora[name] = (b * scale, a)
-            if fan_in_fan_out or is_conv1d_name(name):
-                side.transposed.add(name)
-        if "bias" in parts:
-            side.lora_add[mod + ".bias"] = parts["bias"] * scale
+    return groups
+
+
+def _add_lora(side: Side, path: Path, mod: str, parts: dict[str, Tensor], cfg: dict[str, Any]) -> None:
+    """Put one module's factors ``(B·scaling, A)`` (and its scaled LoRA bias) on ``side``."""
+    emb = "lora_embedding_A" in parts
+    a = parts.get("lora_embedding_A" if emb else "lora_A")
+    b = parts.get("lora_embedding_B" if emb else "lora_B")
+    if a is None or b is None:
+        raise ValueError(f"{path}: module {mod!r} has only one of its LoRA factors")
+    r = a.shape[0]
+    alpha = _pattern_value(cfg.get("alpha_pattern") or {}, mod, cfg.get("lora_alpha", r))
+    scale = alpha / (r**0.5 if cfg.get("use_rslora") else r)
+    name = mod + ".weight"
+    if emb:  # embedding weight [vocab, d] = (B A)^T s with A [r, vocab], B [d, r]
+        side.lora[name] = (a.T.contiguous() * scale, b.T.contiguous())
+    else:  # [out, in] orientation; fan_in_fan_out (Conv1D) stores the weight transposed
+        side.lora[name] = (b * scale, a)
+        if bool(cfg.get("fan_in_fan_out", False)) or is_conv1d_name(name):
+            side.transposed.add(name)
+    if "bias" in parts:
+        side.lora_add[mod + ".bias"] = parts["bias"] * scale
+
+
+def _read_adapter(path: Path) -> Side:
+    """A peft LoRA adapter directory as a :class:`Side` of factors on top of an unknown base."""
+    from safetensors.torch import load_file
+
+    cfg = _adapter_config(path)
+    raw = load_file(str(path / "adapter_model.safetensors"))
+    side = Side(label=str(path))
+    for mod, parts in _adapter_tensors(path, raw, side).items():
+        _add_lora(side, path, mod, parts, cfg)
     return side
 
 
-def read_side(x: Any, label: str) -> Side:
+def read_side(x: DeltaSource, label: str) -> Side:
     """Turn one argument of :func:`~deltalens.interventions.delta.weight_delta` into a :class:`Side`."""
     if isinstance(x, str | Path):
         path = Path(x).expanduser()
@@ -152,8 +174,6 @@ def read_side(x: Any, label: str) -> Side:
         state = _read_safetensors_dir(path)
         dense = {k: v.float() for k, v in _dedupe(state).items()}
         return Side(label=str(path), dense=dense, transposed={k for k in dense if is_conv1d_name(k)})
-    from deltalens.hooks.model import HookedModel
-
     if isinstance(x, HookedModel):
         state = dict(x.state_dict())
         prov = x.provenance

@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from deltalens.hooks.model import HookedModel, HookHandle
+    from deltalens.hooks.names import NamesArg
+    from deltalens.interventions.delta import WeightDelta
 
 Positions = None | int | slice | Sequence[int]
 
@@ -49,7 +54,7 @@ def as_directions(x: Any) -> Float[Tensor, "k d"]:
     return t
 
 
-def svd_directions(delta: Any, name: str, k: int = 1) -> Float[Tensor, "k out"]:
+def svd_directions(delta: WeightDelta, name: str, k: int = 1) -> Float[Tensor, "k out"]:
     """The top-k left singular vectors of one weight update as ``[k, out]`` rows.
 
     For tensors that write to the residual stream (``o_proj``, ``down_proj``, GPT-2 ``c_proj``)
@@ -60,9 +65,9 @@ def svd_directions(delta: Any, name: str, k: int = 1) -> Float[Tensor, "k out"]:
         name: a 2-D tensor of the delta.
         k: how many directions.
     """
-    from deltalens.interventions.bases import left_svd
+    from deltalens.interventions.bases import delta_svd
 
-    u, _ = left_svd(delta, name)
+    u, _ = delta_svd(delta, name)
     if k > u.shape[1]:
         raise ValueError(f"k={k} is larger than the rank of {name!r} ({u.shape[1]} singular vectors)")
     return u[:, :k].T.contiguous()
@@ -85,7 +90,7 @@ def _positions_index(positions: Positions) -> Any:
     return list(positions)
 
 
-def _resolve(model: Any, names: Any, d: int) -> list[str]:
+def _resolve(model: HookedModel, names: NamesArg, d: int) -> list[str]:
     from deltalens.hooks.names import resolve_names
 
     chosen = resolve_names(names, model.hook_names)
@@ -100,8 +105,8 @@ def _resolve(model: Any, names: Any, d: int) -> list[str]:
 
 
 def add_steering(
-    model: Any, direction: Any, names: Any, alpha: float = 1.0, positions: Positions = None
-) -> Any:
+    model: HookedModel, direction: Any, names: NamesArg, alpha: float = 1.0, positions: Positions = None
+) -> HookHandle:
     """Handle-returning twin of :func:`steer` (``handle.remove()`` undoes it)."""
     dirs = as_directions(direction)
     if dirs.shape[0] != 1:
@@ -120,7 +125,9 @@ def add_steering(
     return model.add_hooks(dict.fromkeys(chosen, fn))
 
 
-def add_ablation(model: Any, directions: Any, names: Any, positions: Positions = None) -> Any:
+def add_ablation(
+    model: HookedModel, directions: Any, names: NamesArg, positions: Positions = None
+) -> HookHandle:
     """Handle-returning twin of :func:`ablate` (``handle.remove()`` undoes it)."""
     dirs = as_directions(directions)
     chosen = _resolve(model, names, dirs.shape[1])
@@ -142,8 +149,8 @@ def add_ablation(model: Any, directions: Any, names: Any, positions: Positions =
 
 @contextlib.contextmanager
 def steer(
-    model: Any, direction: Any, names: Any, alpha: float = 1.0, positions: Positions = None
-) -> Iterator[Any]:
+    model: HookedModel, direction: Any, names: NamesArg, alpha: float = 1.0, positions: Positions = None
+) -> Iterator[HookHandle]:
     """Add ``alpha · direction`` to the activations at ``names`` inside the block.
 
     Args:
@@ -166,7 +173,9 @@ def steer(
 
 
 @contextlib.contextmanager
-def ablate(model: Any, directions: Any, names: Any, positions: Positions = None) -> Iterator[Any]:
+def ablate(
+    model: HookedModel, directions: Any, names: NamesArg, positions: Positions = None
+) -> Iterator[HookHandle]:
     """Project the span of ``directions`` out of the activations at ``names`` inside the block.
 
     Args:

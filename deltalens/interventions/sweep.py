@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,7 +29,8 @@ from deltalens.interventions.checks import At, check_basis, check_live, claim, l
 from deltalens.interventions.delta import LowRank, WeightDelta
 from deltalens.interventions.energies import MODES
 from deltalens.interventions.modules import ModulesArg, select_names
-from deltalens.interventions.project import Outside, reference_weight
+from deltalens.interventions.project import Outside, check_outside, reference_weight
+from deltalens.schemas import SWEEP
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,6 +39,12 @@ if TYPE_CHECKING:
 
 SWEEP_METHODS: tuple[str, ...] = ("topk", "randomk", "random")
 """The paper's fraction sweep (``scripts/projection.py``)."""
+
+BASELINE_MODES: tuple[str, ...] = ("reference", "full")
+"""Modes of the ``method="none"`` rows: ``W_ref`` and the un-projected ``W_ref + α Δ_T``."""
+
+Evaluate = Callable[[Any], dict[str, Any] | float | None]
+"""``evaluate(model)``: a dict of metrics, a bare number (``metric``), or None (no metrics)."""
 
 
 class _Tensor:
@@ -117,6 +125,217 @@ def _metrics(out: Any) -> dict[str, Any]:
     return {"metric": out}
 
 
+def _check_choices(methods: Sequence[str], modes: Sequence[str], outside: str) -> None:
+    """Raise ValueError on an unknown method, mode or ``outside``."""
+    bad = [m for m in methods if m not in SWEEP_METHODS]
+    if bad or not methods:
+        raise ValueError(f"unknown sweep methods {bad or methods}; expected a subset of {SWEEP_METHODS}")
+    badm = [m for m in modes if m not in MODES]
+    if badm or not modes:
+        raise ValueError(f"unknown modes {badm or modes}; expected a subset of {MODES}")
+    check_outside(outside)
+
+
+def _sweep_bases(
+    subspace_delta: WeightDelta,
+    methods: Sequence[str],
+    fracs: list[float],
+    seed: int,
+    dtype: torch.dtype,
+    over_rank: OverRank,
+) -> dict[tuple[str, float], Basis]:
+    """One basis per (method, frac); building them validates every frac and k."""
+    return {
+        (m, f): Basis(
+            subspace_delta,
+            method=m,
+            frac=f,
+            seed=seed if m != "topk" else None,
+            dtype=dtype,
+            over_rank=over_rank,
+        )
+        for m in methods
+        for f in fracs
+    }
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The grid and the rules of one sweep."""
+
+    methods: Sequence[str]
+    modes: Sequence[str]
+    order: list[float]  # the fractions, ascending and distinct (the projections grow with k)
+    alpha: float
+    outside: Outside
+    at: At
+    baselines: bool
+    progress: bool
+
+
+class _Sweep:
+    """One sweep in progress: the live weights and their originals, per-tensor states, rows so far."""
+
+    def __init__(
+        self,
+        reference: HookedModel | torch.nn.Module,
+        task_delta: WeightDelta,
+        names: list[str],
+        evaluate: Evaluate | None,
+        plan: _Plan,
+    ) -> None:
+        self.reference, self.delta, self.names = reference, task_delta, names
+        self.evaluate, self.plan = evaluate, plan
+        self.live = live_params(reference) if evaluate is not None else {}
+        self.two_d = [n for n in names if len(task_delta.shapes[n]) == 2]
+        self.rows: list[dict[str, Any]] = []
+        self.originals: dict[str, Tensor] = {}
+        self.sel: list[_Tensor] = []
+        self.no_emb: list[_Tensor] = []
+        self.bar: Any = None  # the tqdm bar, while run() runs
+
+    def run(self, bases: dict[tuple[str, float], Basis]) -> list[dict[str, Any]]:
+        """Every point of the grid (baselines first); the original weights come back in ``finally``."""
+        from tqdm.auto import tqdm
+
+        plan = self.plan
+        n_points = len(plan.methods) * len(plan.order) * len(plan.modes) + (2 if plan.baselines else 0)
+        claim_key = claim(self.live, "subspace_sweep") if self.evaluate is not None else None
+        self.bar = tqdm(total=n_points, desc="subspace sweep", unit="point", disable=not plan.progress)
+        try:
+            self._setup()
+            if plan.baselines:
+                self._baselines()
+            # uᵀΔ per (tensor, vector set), computed once: TopK and RandomK share their vectors
+            coeffs: dict[tuple[str, int], Tensor | None] = {}
+            for method in plan.methods:
+                coeffs = self._method(method, bases, coeffs)
+        finally:
+            self.bar.close()
+            with torch.no_grad():
+                for n, orig in self.originals.items():
+                    self.live[n].copy_(orig)
+            if claim_key is not None:
+                release(claim_key)
+        return self.rows
+
+    def _setup(self) -> None:
+        """Check the live model, keep its originals, fix the tensors outside ``modules``, build states."""
+        d, plan, chosen = self.delta, self.plan, set(self.names)
+        all_names = list(d)
+        states: dict[str, _Tensor] = {}
+        if self.evaluate is not None:
+            check_live(self.live, d, all_names)
+            where = locate(self.live, d, all_names, plan.at)
+        with torch.no_grad():
+            for n in all_names:
+                if self.evaluate is None:
+                    if n in chosen:
+                        states[n] = _Tensor(n, d, torch.zeros(0), plan.alpha, need_full=False)
+                    continue
+                self.originals[n] = self.live[n].detach().clone()
+                w_ref = reference_weight(self.originals[n], d, n, where)
+                if n in chosen:
+                    need_full = "orth" in plan.modes or plan.baselines
+                    states[n] = _Tensor(n, d, w_ref, plan.alpha, need_full=need_full)
+                else:  # fixed for the whole sweep
+                    w = w_ref if plan.outside == "reference" else w_ref + plan.alpha * d[n]
+                    self.live[n].copy_(w)
+        self.sel = [states[n] for n in self.names]
+        self.no_emb = [states[n] for n in self.names if not is_embedding(n)]
+
+    def _write(self, mode: str) -> None:
+        """Put the current configuration on the model; baseline modes: ``W_ref`` or ``W_ref + α Δ_T``."""
+        for s in self.sel:
+            if mode in BASELINE_MODES:
+                if s.e is not None:
+                    s.reset()
+                    s.write(self.live[s.name], "parallel" if mode == "reference" else "orth")
+            else:
+                s.write(self.live[s.name], mode)
+
+    def _point(self, label: dict[str, Any], mode: str, ek: tuple[float, float], grow_s: float = 0.0) -> None:
+        """Write one configuration, evaluate it, and record its row."""
+        t0 = time.perf_counter()
+        metrics: dict[str, Any] = {}
+        t1 = t0
+        if self.evaluate is not None:
+            with torch.no_grad():
+                self._write(mode)
+            t1 = time.perf_counter()
+            metrics = _metrics(self.evaluate(self.reference))
+        t2 = time.perf_counter()
+        self.rows.append(
+            {
+                **label,
+                "energy_kept": ek[0],
+                "energy_kept_no_embed": ek[1],
+                "edit_s": grow_s + t1 - t0,
+                "eval_s": t2 - t1,
+                **metrics,
+            }
+        )
+        self.bar.update(1)
+
+    def _baselines(self) -> None:
+        k0 = {"method": "none", "frac": float("nan"), "alpha": self.plan.alpha, "k_total": 0}
+        for mode, ek in zip(BASELINE_MODES, (0.0, 1.0)):
+            self._point({**k0, "mode": mode}, mode, (ek, ek))
+
+    def _method(
+        self,
+        method: str,
+        bases: dict[tuple[str, float], Basis],
+        coeffs: dict[tuple[str, int], Tensor | None],
+    ) -> dict[tuple[str, int], Tensor | None]:
+        """All fractions and modes of one method; returns the coefficients worth keeping for the next."""
+        plan = self.plan
+        for s in self.sel:
+            s.reset()
+        parts = {n: bases[(method, plan.order[0])].ordered_parts(n) for n in self.names}
+        wanted = {(n, id(u)) for n, (u, _) in parts.items()}
+        coeffs = {key: c for key, c in coeffs.items() if key in wanted}
+        for frac in plan.order:
+            basis = bases[(method, frac)]
+            grow_s = self._grow(parts, coeffs, basis)
+            k_total = sum(basis.k(n) for n in self.two_d)
+            for mode in plan.modes:
+                ek = (_energy(self.sel, mode), _energy(self.no_emb, mode))
+                label = {"method": method, "mode": mode, "frac": frac, "alpha": plan.alpha, "k_total": k_total}
+                self._point(label, mode, ek, grow_s)
+                grow_s = 0.0
+        return coeffs
+
+    def _grow(
+        self,
+        parts: dict[str, tuple[Tensor, Tensor | None]],
+        coeffs: dict[tuple[str, int], Tensor | None],
+        basis: Basis,
+    ) -> float:
+        """Extend every tensor's nested projection to ``basis``'s k; returns the seconds it took."""
+        t0 = time.perf_counter()
+        for s in self.sel:
+            u, perm = parts[s.name]
+            key = (s.name, id(u))
+            if key not in coeffs:
+                coeffs[key] = s.coefficients(u)
+            s.grow(u, perm, coeffs[key], basis.k(s.name))
+        return time.perf_counter() - t0
+
+
+def _tidy(rows: list[dict[str, Any]], fracs: list[float], methods: Sequence[str]) -> pd.DataFrame:
+    """The rows as a :data:`~deltalens.schemas.SWEEP` frame: baselines first, then methods and
+    fractions in the caller's order."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    rank = {f: i for i, f in enumerate(fracs)}
+    df["_o"] = [(-1 if m == "none" else rank[f]) for m, f in zip(df["method"], df["frac"])]
+    df["_m"] = [(-1 if m == "none" else list(methods).index(m)) for m in df["method"]]
+    df = df.sort_values(["_m", "_o"], kind="stable").drop(columns=["_o", "_m"]).reset_index(drop=True)
+    return SWEEP.frame(df)
+
+
 def subspace_sweep(
     reference: HookedModel | torch.nn.Module,
     task_delta: WeightDelta,
@@ -124,7 +343,7 @@ def subspace_sweep(
     fracs: Sequence[float],
     methods: Sequence[str] = SWEEP_METHODS,
     modes: Sequence[str] = MODES,
-    evaluate: Callable[[Any], dict[str, Any] | float] | None = None,
+    evaluate: Evaluate | None = None,
     seed: int = 0,
     *,
     alpha: float = 1.0,
@@ -141,184 +360,36 @@ def subspace_sweep(
 
     Args:
         reference: the live model (``HookedModel`` or HF model) holding Δ_T's reference (or target)
-            weights; its original weights are restored at the end, also on errors.
-        task_delta: Δ_T, e.g. ``weight_delta(aligned, harmful)``.
-        subspace_delta: the delta whose subspaces are swept, e.g. Δ_A = ``weight_delta(base, aligned)``.
-        fracs: fractions of each tensor's rank, each in (0, 1].
-        methods: any of ``"topk"``, ``"randomk"``, ``"random"`` (Random = Gaussian of the same shape).
-        modes: any of ``"parallel"``, ``"orth"``.
+            weights; they are restored at the end, also on errors.
+        task_delta, subspace_delta: Δ_T (e.g. ``weight_delta(aligned, harmful)``) and the delta whose
+            subspaces are swept (e.g. Δ_A = ``weight_delta(base, aligned)``).
+        fracs: fractions of each tensor's rank, each in (0, 1] (no default: the grid is the caller's).
+        methods, modes: subsets of ``"topk", "randomk", "random"`` (Random = Gaussian of the same
+            shape) and of ``"parallel", "orth"``.
         evaluate: ``evaluate(model) -> dict`` of metrics (a bare number becomes ``metric``); None
             records energies only and leaves the weights alone.
         seed: seeds RandomK's permutations and Random's Gaussians (per tensor).
-        alpha: scale of the kept update.
-        modules: which tensors are projected (default all, embeddings and ``lm_head`` included).
-        outside: tensors outside ``modules`` get ``W_ref`` or the whole update (``"task"``).
-        at: where the model stands; ``"auto"`` recognises it.
-        baselines: add ``method="none"`` rows for ``W_ref`` (``mode="reference"``) and the
-            un-projected ``W_ref + α Δ_T`` (``mode="full"``).
+        alpha, modules, outside, at: as for :func:`~deltalens.interventions.project.apply_projection`.
+        baselines: add ``method="none"`` rows for ``W_ref`` (``mode="reference"``) and ``W_ref + α Δ_T`` (``"full"``).
         over_rank, dtype: as for :func:`~deltalens.interventions.bases.top_k`.
-        check: reject a subspace delta from another model family.
-        progress: show a tqdm progress bar.
+        check: reject a subspace delta from another model family. progress: a tqdm progress bar.
 
     Returns:
-        A tidy DataFrame, one row per configuration: ``method, mode, frac, alpha, k_total,
-        energy_kept, energy_kept_no_embed, edit_s, eval_s`` and the keys ``evaluate`` returned.
-        ``energy_kept`` is over the projected tensors, ``energy_kept_no_embed`` over those that are
-        not embeddings / ``lm_head`` (the prototype found the two can rank updates differently).
+        A :data:`~deltalens.schemas.SWEEP` frame, one row per configuration (``energy_kept_no_embed``
+        leaves out embeddings and ``lm_head``), then ``edit_s, eval_s`` and the keys ``evaluate`` returned.
 
     Raises:
         ValueError: a fraction outside (0, 1], an unknown method or mode, or a basis / model that
             does not fit — all before any weight changes.
-
-    Example:
-        >>> df = subspace_sweep(aligned, d_harm, d_align, fracs=(0.25, 0.5), evaluate=lambda m: {"nll": nll(m)})
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    bad = [m for m in methods if m not in SWEEP_METHODS]
-    if bad or not methods:
-        raise ValueError(f"unknown sweep methods {bad or methods}; expected a subset of {SWEEP_METHODS}")
-    badm = [m for m in modes if m not in MODES]
-    if badm or not modes:
-        raise ValueError(f"unknown modes {badm or modes}; expected a subset of {MODES}")
-    if outside not in ("reference", "task"):
-        raise ValueError(f"outside must be 'reference' or 'task', got {outside!r}")
+    _check_choices(methods, modes, outside)
     fracs = [float(f) for f in fracs]
-    bases = {
-        (m, f): Basis(
-            subspace_delta,
-            method=m,
-            frac=f,
-            seed=seed if m != "topk" else None,
-            dtype=dtype,
-            over_rank=over_rank,
-        )
-        for m in methods
-        for f in fracs
-    }  # validates every frac and k before anything else
-    all_names = list(task_delta)
-    names = select_names(all_names, modules, task_delta.shapes)
+    bases = _sweep_bases(subspace_delta, methods, fracs, seed, dtype, over_rank)
+    names = select_names(list(task_delta), modules, task_delta.shapes)
     if check:
         check_basis(next(iter(bases.values())), task_delta, names)
-    live = live_params(reference) if evaluate is not None else {}
-    chosen = set(names)
-    order = sorted(set(fracs))
-    n_points = len(methods) * len(order) * len(modes) + (2 if baselines else 0)
-    rows: list[dict[str, Any]] = []
-    originals: dict[str, Tensor] = {}
-    claim_key = claim(live, "subspace_sweep") if evaluate is not None else None
-    bar = tqdm(total=n_points, desc="subspace sweep", unit="point", disable=not progress)
-    try:
-        if evaluate is not None:
-            check_live(live, task_delta, all_names)
-            where = locate(live, task_delta, all_names, at)
-        states: dict[str, _Tensor] = {}
-        with torch.no_grad():
-            for n in all_names:
-                if evaluate is None:
-                    if n in chosen:
-                        states[n] = _Tensor(n, task_delta, torch.zeros(0), alpha, need_full=False)
-                    continue
-                originals[n] = live[n].detach().clone()
-                w_ref = reference_weight(originals[n], task_delta, n, where)
-                if n in chosen:
-                    states[n] = _Tensor(n, task_delta, w_ref, alpha, need_full="orth" in modes or baselines)
-                else:  # fixed for the whole sweep
-                    w = w_ref if outside == "reference" else w_ref + alpha * task_delta[n]
-                    live[n].copy_(w)
-        sel = [states[n] for n in names]
-        no_emb = [states[n] for n in names if not is_embedding(n)]
-
-        def run(label: dict[str, Any], write: Callable[[], None] | None, ek: tuple[float, float]) -> None:
-            t0 = time.perf_counter()
-            metrics: dict[str, Any] = {}
-            t1 = t0
-            if evaluate is not None:
-                with torch.no_grad():
-                    if write is not None:
-                        write()
-                t1 = time.perf_counter()
-                metrics = _metrics(evaluate(reference))
-            t2 = time.perf_counter()
-            grow = label.pop("_grow_s", 0.0)
-            rows.append(
-                {
-                    **label,
-                    "energy_kept": ek[0],
-                    "energy_kept_no_embed": ek[1],
-                    "edit_s": grow + t1 - t0,
-                    "eval_s": t2 - t1,
-                    **metrics,
-                }
-            )
-            bar.update(1)
-
-        if baselines:
-            k0 = {"method": "none", "frac": float("nan"), "alpha": alpha, "k_total": 0}
-            for mode, ek in (("reference", 0.0), ("full", 1.0)):
-
-                def write_base(mode: str = mode) -> None:
-                    for s in sel:
-                        if s.e is not None:
-                            s.reset()
-                            s.write(live[s.name], "parallel" if mode == "reference" else "orth")
-
-                run({**k0, "mode": mode}, write_base, (ek, ek))
-        two_d = [n for n in names if len(task_delta.shapes[n]) == 2]
-        # uᵀΔ per (tensor, vector set), computed once: TopK and RandomK share their vectors
-        coeffs: dict[tuple[str, int], Tensor | None] = {}
-        for method in methods:
-            for s in sel:
-                s.reset()
-            parts = {n: bases[(method, order[0])].ordered_parts(n) for n in names}
-            wanted = {(n, id(u)) for n, (u, _) in parts.items()}
-            coeffs = {key: c for key, c in coeffs.items() if key in wanted}
-            for frac in order:
-                basis = bases[(method, frac)]
-                t0 = time.perf_counter()
-                for s in sel:
-                    u, perm = parts[s.name]
-                    key = (s.name, id(u))
-                    if key not in coeffs:
-                        coeffs[key] = s.coefficients(u)
-                    s.grow(u, perm, coeffs[key], basis.k(s.name))
-                grow_s = time.perf_counter() - t0
-                k_total = sum(basis.k(n) for n in two_d)
-                for mode in modes:
-
-                    def write(mode: str = mode) -> None:
-                        for s in sel:
-                            s.write(live[s.name], mode)
-
-                    ek = (_energy(sel, mode), _energy(no_emb, mode))
-                    label = {
-                        "method": method,
-                        "mode": mode,
-                        "frac": frac,
-                        "alpha": alpha,
-                        "k_total": k_total,
-                        "_grow_s": grow_s,
-                    }
-                    grow_s = 0.0
-                    run(label, write, ek)
-    finally:
-        bar.close()
-        with torch.no_grad():
-            for n, orig in originals.items():
-                live[n].copy_(orig)
-        if claim_key is not None:
-            release(claim_key)
-    df = pd.DataFrame(rows)
-    rank = {f: i for i, f in enumerate(fracs)}
-    df["_o"] = [(-1 if m == "none" else rank[f]) for m, f in zip(df["method"], df["frac"])]
-    df["_m"] = [(-1 if m == "none" else list(methods).index(m)) for m in df["method"]]
-    df = df.sort_values(["_m", "_o"], kind="stable").drop(columns=["_o", "_m"]).reset_index(drop=True)
-    df.attrs.update(
-        task=task_delta.reference.to_dict(),
-        subspace=subspace_delta.reference.to_dict(),
-        seed=seed,
-        modules=repr(modules),
-        outside=outside,
-    )
+    plan = _Plan(methods, modes, sorted(set(fracs)), alpha, outside, at, baselines, progress)
+    df = _tidy(_Sweep(reference, task_delta, names, evaluate, plan).run(bases), fracs, methods)
+    df.attrs.update(task=task_delta.reference.to_dict(), subspace=subspace_delta.reference.to_dict())
+    df.attrs.update(seed=seed, modules=repr(modules), outside=outside)
     return df
