@@ -191,7 +191,8 @@ WEIGHT_OVERLAP = Schema(
         "ratio": "mso / baseline",
     },
 )
-"""Update-pair overlap by η (:func:`deltalens.probes.weight_overlap_pairs`); the study adds ``embeddings``."""
+"""Update-pair overlap by η (:func:`deltalens.probes.weight_overlap_pairs`), which adds ``embeddings``
+(``"included"`` / ``"excluded"``) and, by layer or module, ``layer`` / ``module`` as extra columns."""
 
 WEIGHT_OVERLAP_TENSORS = Schema(
     "weight_overlap_tensors",

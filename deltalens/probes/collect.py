@@ -23,15 +23,21 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from deltalens.atomic import atomic_write, write_text
+from deltalens.data import PromptSet
 from deltalens.hashing import text_hash
 from deltalens.hooks.names import NamesArg, resolve_names
+from deltalens.hooks.provenance import Provenance
 from deltalens.probes.collected import FORMAT, INDEX, PROMPTS, Collected
+
+if TYPE_CHECKING:
+    from deltalens.hooks.cache import ActivationCache
+    from deltalens.hooks.model import HookedModel
 
 _SHARD_BYTES = 64 * 2**20
 
@@ -51,13 +57,10 @@ class ShardInfo:
     path: Path
 
 
-def _prompt_texts(prompts: Any) -> tuple[list[str], list[Any] | None, list[Any] | None]:
-    if hasattr(prompts, "texts") and hasattr(prompts, "labels"):  # a deltalens.data.PromptSet
-        return (
-            list(prompts.texts),
-            list(prompts.labels),
-            list(getattr(prompts, "groups", [None] * len(prompts))),
-        )
+def _prompt_texts(prompts: Sequence[str] | PromptSet) -> tuple[list[str], list[Any] | None, list[Any] | None]:
+    """Texts, labels and groups of ``prompts`` (labels and groups only from a ``PromptSet``)."""
+    if isinstance(prompts, PromptSet):
+        return list(prompts.texts), list(prompts.labels), list(prompts.groups)
     if isinstance(prompts, str):
         prompts = [prompts]
     texts = list(prompts)
@@ -80,7 +83,7 @@ def _column(values: Sequence[Any] | None, n: int, what: str) -> list[Any] | None
     return values
 
 
-def _pool(cache: Any, name: str, positions: Any) -> Tensor:
+def _pool(cache: ActivationCache, name: str, positions: str | int) -> Tensor:
     x = cache[name]
     if positions != "mean":
         return x
@@ -101,57 +104,111 @@ def _check_finite(acts: dict[str, Tensor], offset: int, order: Sequence[int], te
         )
 
 
-def _run(
-    model: Any,
-    texts: list[str],
-    idx: list[int],
-    names: list[str],
-    positions: Any,
-    batch_size: int,
-    dtype: torch.dtype,
-    bar: Any,
-) -> dict[str, Tensor]:
-    """Activations for ``texts[idx]``, ``{name: [len(idx), d]}``; batches of similar length."""
-    order = sorted(idx, key=lambda i: len(texts[i]))
-    out: dict[str, Tensor] = {}
-    rank = {i: r for r, i in enumerate(idx)}
-    for s in range(0, len(order), batch_size):
-        chunk = order[s : s + batch_size]
-        cache = model.run_with_cache(
-            [texts[i] for i in chunk], names=names, positions=None if positions == "mean" else positions
-        )
-        acts = {n: _pool(cache, n, positions).to(dtype) for n in names}
-        _check_finite(acts, s, order, texts)
-        rows = torch.tensor([rank[i] for i in chunk])
-        for n, x in acts.items():
-            if n not in out:
-                out[n] = torch.empty((len(idx), *x.shape[1:]), dtype=dtype)
-            out[n][rows] = x
-        if bar is not None:
-            bar.update(len(chunk))
-    return out
-
-
-def _spec(
-    model: Any, texts: list[str], names: list[str], positions: Any, dtype: torch.dtype
-) -> dict[str, Any]:
+def _provenance(model: HookedModel) -> dict[str, Any] | None:
+    """The model's :class:`~deltalens.hooks.provenance.Provenance` as a dict (None without one)."""
     prov = getattr(model, "provenance", None)
-    prov = prov.to_dict() if hasattr(prov, "to_dict") else {}
-    h = text_hash(texts)[:16]
-    model_id = {k: prov.get(k) for k in ("content_hash", "adapter", "backend", "dtype", "arch")}
-    return {
-        "prompts_sha256": h,
-        "n_prompts": len(texts),
-        "names": names,
-        "positions": positions,
-        "dtype": str(dtype).replace("torch.", ""),
-        "model": model_id,
-    }
+    return prov.to_dict() if isinstance(prov, Provenance) else None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What :func:`collect` runs: the model, the prompts, the hooks, the pooling, batch size and dtype."""
+
+    model: HookedModel
+    texts: list[str]
+    names: list[str]
+    positions: str | int
+    batch_size: int
+    dtype: torch.dtype
+
+    def run(self, idx: list[int], bar: Any = None) -> dict[str, Tensor]:
+        """Activations for ``texts[idx]``, ``{name: [len(idx), d]}``; batches of similar length."""
+        texts, positions, dtype = self.texts, self.positions, self.dtype
+        order = sorted(idx, key=lambda i: len(texts[i]))
+        out: dict[str, Tensor] = {}
+        rank = {i: r for r, i in enumerate(idx)}
+        for s in range(0, len(order), self.batch_size):
+            chunk = order[s : s + self.batch_size]
+            pos = None if positions == "mean" else positions
+            cache = self.model.run_with_cache([texts[i] for i in chunk], names=self.names, positions=pos)
+            acts = {n: _pool(cache, n, positions).to(dtype) for n in self.names}
+            _check_finite(acts, s, order, texts)
+            rows = torch.tensor([rank[i] for i in chunk])
+            for n, x in acts.items():
+                if n not in out:
+                    out[n] = torch.empty((len(idx), *x.shape[1:]), dtype=dtype)
+                out[n][rows] = x
+            if bar is not None:
+                bar.update(len(chunk))
+        return out
+
+    def spec(self) -> dict[str, Any]:
+        """What was asked, as recorded in (and compared against) a collection's ``index.json``."""
+        prov = _provenance(self.model) or {}
+        model_id = {k: prov.get(k) for k in ("content_hash", "adapter", "backend", "dtype", "arch")}
+        return {
+            "prompts_sha256": text_hash(self.texts)[:16],
+            "n_prompts": len(self.texts),
+            "names": self.names,
+            "positions": self.positions,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "model": model_id,
+        }
+
+    def shard_size(self) -> int:
+        """Prompts per shard for about 64 MiB per shard, a multiple of the batch size."""
+        d = int(getattr(self.model, "d_model", 0) or 1)
+        per_prompt = max(1, len(self.names) * d * torch.empty((), dtype=self.dtype).element_size())
+        return max(self.batch_size, (_SHARD_BYTES // per_prompt) // self.batch_size * self.batch_size)
+
+
+def _inputs(
+    prompts: Sequence[str] | PromptSet, labels: Sequence[Any] | None, groups: Sequence[Any] | None
+) -> tuple[list[str], list[Any] | None, list[Any] | None]:
+    """Texts, labels and groups (given ones first, else the ``PromptSet``'s), checked against the texts."""
+    texts, set_labels, set_groups = _prompt_texts(prompts)
+    n = len(texts)
+    if n == 0:
+        raise ValueError("no prompts to collect; expected a non-empty list of strings")
+    labels = _column(labels if labels is not None else set_labels, n, "labels")
+    return texts, labels, _column(groups if groups is not None else set_groups, n, "groups")
+
+
+def _check_batching(batch_size: int, positions: Any) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}; expected >= 1")
+    if not (
+        positions in ("last", "mean") or (isinstance(positions, int) and not isinstance(positions, bool))
+    ):
+        raise ValueError(
+            f"positions={positions!r}; expected 'last', 'mean' or an int (one vector per prompt)"
+        )
+
+
+def _hook_names(model: HookedModel, names: NamesArg) -> list[str]:
+    """The model's hook names matching ``names``; attention patterns are refused."""
+    chosen = resolve_names(names, model.hook_names)
+    patterns = [c for c in chosen if c.endswith("hook_pattern")]
+    if patterns:
+        raise ValueError(
+            f"attention patterns ({patterns[0]!r}, ...) have no fixed size per prompt; collect "
+            "residual / attn_out / mlp_out hooks instead"
+        )
+    return chosen
+
+
+def _meta(model: HookedModel) -> dict[str, Any]:
+    """``n_layers`` and the provenance of ``model``, kept on the :class:`Collected`."""
+    meta: dict[str, Any] = {"n_layers": int(model.n_layers)}
+    prov = _provenance(model)
+    if prov is not None:
+        meta["provenance"] = prov
+    return meta
 
 
 def collect(
-    model: Any,
-    prompts: Sequence[str] | Any,
+    model: HookedModel,
+    prompts: Sequence[str] | PromptSet,
     names: NamesArg = "blocks.*.hook_resid_post",
     positions: str | int = "last",
     *,
@@ -168,19 +225,15 @@ def collect(
     """Cache one activation vector per prompt and hook, batch by batch.
 
     Args:
-        model: a :class:`~deltalens.hooks.model.HookedModel` (anything with ``run_with_cache``,
-            ``hook_names`` and ``n_layers``).
-        prompts: a list of texts or a ``deltalens.data.PromptSet`` (its labels and groups are used
-            unless ``labels`` / ``groups`` are given).
+        model: a :class:`~deltalens.hooks.model.HookedModel`.
+        prompts: texts or a :class:`~deltalens.data.PromptSet` (whose labels / groups are used unless given).
         names: hook names, globs, a list or a predicate (``attn.hook_pattern`` is not supported).
-        positions: ``"last"`` (last real token, from the attention mask), ``"mean"`` (mean over
-            real tokens) or an int (a position of the padded batch; prefer ``"last"``).
+        positions: ``"last"`` (last real token), ``"mean"`` (over real tokens) or an int (padded position).
         batch_size: prompts per forward pass (prompts of similar length are batched together).
         out: a folder to stream safetensors shards into (resumable); None keeps all in memory.
         labels, groups: one per prompt; kept on the result for probes and splits.
         dtype: storage dtype.
-        shard_size: prompts per shard (default: about 64 MiB per shard; a resumed run keeps the
-            size it started with).
+        shard_size: prompts per shard (default about 64 MiB; a resumed run keeps its own size).
         overwrite: with ``out``, discard an existing collection made with other arguments.
         progress: show a tqdm bar.
         on_shard: called with a :class:`ShardInfo` after each shard is written.
@@ -190,85 +243,28 @@ def collect(
 
     Raises:
         NonFiniteActivationError: an activation is NaN / inf (names the hook and prompt index).
-        ValueError: no prompts, label / group counts that do not match, an ``out`` folder that
-            holds a different collection.
+        ValueError: no prompts, label / group counts that do not match, or an ``out`` folder of another
+            collection (the same ``out`` resumes; other prompts, hooks, dtype ... need ``overwrite=True``).
 
     Example:
-        >>> acts = collect(model, ps, "blocks.*.hook_resid_post", out="runs/acts", batch_size=32)
-        >>> X = acts.stack(layers="65-90%")       # [n, layer, d_model]
-
-    Gotcha: rerunning with the same ``out`` resumes; changed prompts, hooks, positions, dtype or
-    checkpoint raise instead of mixing two collections (pass ``overwrite=True`` to restart).
+        >>> collect(model, ps, out="runs/acts", batch_size=32).stack(layers="65-90%")   # [n, layer, d]
     """
     from tqdm.auto import tqdm
 
-    texts, set_labels, set_groups = _prompt_texts(prompts)
-    n = len(texts)
-    if n == 0:
-        raise ValueError("no prompts to collect; expected a non-empty list of strings")
-    labels = _column(labels if labels is not None else set_labels, n, "labels")
-    groups = _column(groups if groups is not None else set_groups, n, "groups")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}; expected >= 1")
-    if not (
-        positions in ("last", "mean") or (isinstance(positions, int) and not isinstance(positions, bool))
-    ):
-        raise ValueError(
-            f"positions={positions!r}; expected 'last', 'mean' or an int (one vector per prompt)"
-        )
-    chosen = resolve_names(names, model.hook_names)
-    patterns = [c for c in chosen if c.endswith("hook_pattern")]
-    if patterns:
-        raise ValueError(
-            f"attention patterns ({patterns[0]!r}, ...) have no fixed size per prompt; collect "
-            "residual / attn_out / mlp_out hooks instead"
-        )
-    meta = {"n_layers": int(model.n_layers)}
-    prov = getattr(model, "provenance", None)
-    if hasattr(prov, "to_dict"):
-        meta["provenance"] = prov.to_dict()
-    bar = tqdm(total=n, desc="collect", unit="prompt", disable=not progress)
+    texts, labels, groups = _inputs(prompts, labels, groups)
+    _check_batching(batch_size, positions)
+    job = _Job(model, texts, _hook_names(model, names), positions, batch_size, dtype)
+    meta = _meta(model)
+    bar = tqdm(total=len(texts), desc="collect", unit="prompt", disable=not progress)
     try:
         if out is None:
-            data = _run(model, texts, list(range(n)), chosen, positions, batch_size, dtype, bar)
-            return Collected(
-                names=chosen,
-                prompts=texts,
-                labels=labels,
-                groups=groups,
-                positions=positions,
-                meta=meta,
-                data=data,
-            )
-        spec = _spec(model, texts, chosen, positions, dtype)
-        d = int(getattr(model, "d_model", 0) or 1)
-        if shard_size is None:
-            per_prompt = max(1, len(chosen) * d * torch.empty((), dtype=dtype).element_size())
-            shard_size = max(batch_size, (_SHARD_BYTES // per_prompt) // batch_size * batch_size)
-        directory = _stream(
-            model,
-            texts,
-            chosen,
-            positions,
-            batch_size,
-            dtype,
-            Path(out),
-            spec,
-            meta,
-            shard_size,
-            overwrite,
-            bar,
-            on_shard,
-        )
+            kept = dict(prompts=texts, labels=labels, groups=groups, positions=positions, meta=meta)
+            return Collected(names=job.names, data=job.run(list(range(len(texts))), bar), **kept)
+        size = job.shard_size() if shard_size is None else shard_size
+        directory = _stream(job, Path(out), meta, size, overwrite, bar, on_shard)
     finally:
         bar.close()
-    write_text(
-        directory / PROMPTS,
-        "".join(
-            json.dumps({"text": t, "label": _plain(lab), "group": _plain(g)}) + "\n"
-            for t, lab, g in zip(texts, labels or [None] * n, groups or [None] * n)
-        ),
-    )
+    _write_prompts(directory, texts, labels, groups)
     return Collected.open(directory)
 
 
@@ -276,47 +272,70 @@ def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
+def _write_prompts(
+    directory: Path, texts: list[str], labels: list[Any] | None, groups: list[Any] | None
+) -> None:
+    """``prompts.jsonl``: one ``{"text", "label", "group"}`` object per prompt, in order."""
+    n = len(texts)
+    write_text(
+        directory / PROMPTS,
+        "".join(
+            json.dumps({"text": t, "label": _plain(lab), "group": _plain(g)}) + "\n"
+            for t, lab, g in zip(texts, labels or [None] * n, groups or [None] * n)
+        ),
+    )
+
+
+def _resumable(
+    directory: Path, spec: dict[str, Any], shard_size: int, overwrite: bool
+) -> tuple[dict[str, Any] | None, int]:
+    """The index of the collection in ``directory`` to resume (None: start afresh) and the shard size.
+
+    Raises:
+        ValueError: the folder holds another collection (and not ``overwrite``), or a foreign index.
+    """
+    index_path = directory / INDEX
+    if not index_path.is_file():
+        return None, shard_size
+    index = json.loads(index_path.read_text())
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{index_path} is not a deltalens collection index (format {index.get('format')!r})")
+    diff = [k for k, v in spec.items() if index["spec"].get(k) != v]
+    if not diff:
+        return index, index["shard_size"]  # resume with the size the run started with
+    if not overwrite:
+        old = index["spec"]
+        detail = "; ".join(f"{k}: {old.get(k)!r} there, {spec[k]!r} now" for k in diff[:2])
+        raise ValueError(
+            f"{directory} holds a collection made with other {', '.join(diff)} ({detail}); "
+            "expected the same arguments to resume. Use another folder or overwrite=True."
+        )
+    for f in index.get("shards", []):
+        (directory / f["file"]).unlink(missing_ok=True)
+    return None, shard_size
+
+
+def _save_shard(path: Path, acts: dict[str, Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in acts.items()}, p))
+
+
 def _stream(
-    model: Any,
-    texts: list[str],
-    names: list[str],
-    positions: Any,
-    batch_size: int,
-    dtype: torch.dtype,
+    job: _Job,
     directory: Path,
-    spec: dict[str, Any],
     meta: dict[str, Any],
     shard_size: int,
     overwrite: bool,
     bar: Any,
     on_shard: Callable[[ShardInfo], None] | None,
 ) -> Path:
-    from safetensors.torch import save_file
-
+    """Write the shards ``directory`` lacks (and the index after each), resuming a matching collection."""
     directory.mkdir(parents=True, exist_ok=True)
     index_path = directory / INDEX
-    index: dict[str, Any] | None = None
-    if index_path.is_file():
-        index = json.loads(index_path.read_text())
-        if index.get("format") != FORMAT:
-            raise ValueError(
-                f"{index_path} is not a deltalens collection index (format {index.get('format')!r})"
-            )
-        diff = [k for k, v in spec.items() if index["spec"].get(k) != v]
-        if index["shard_size"] != shard_size and not diff:
-            shard_size = index["shard_size"]  # resume with the size the run started with
-        if diff and not overwrite:
-            old = index["spec"]
-            detail = "; ".join(f"{k}: {old.get(k)!r} there, {spec[k]!r} now" for k in diff[:2])
-            raise ValueError(
-                f"{directory} holds a collection made with other {', '.join(diff)} ({detail}); "
-                "expected the same arguments to resume. Use another folder or overwrite=True."
-            )
-        if diff:
-            for f in index.get("shards", []):
-                (directory / f["file"]).unlink(missing_ok=True)
-            index = None
-    n = len(texts)
+    spec = job.spec()
+    index, shard_size = _resumable(directory, spec, shard_size, overwrite)
+    n = len(job.texts)
     bounds = [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
     if index is None:
         index = {"format": FORMAT, "spec": spec, "meta": meta, "shard_size": shard_size, "shards": []}
@@ -327,10 +346,10 @@ def _stream(
     for i, (start, stop) in enumerate(bounds):
         if i in done:
             continue
-        acts = _run(model, texts, list(range(start, stop)), names, positions, batch_size, dtype, None)
+        acts = job.run(list(range(start, stop)))
         bar.update(stop - start)
         path = directory / f"shard-{i:05d}.safetensors"
-        atomic_write(path, lambda p, acts=acts: save_file({k: v.contiguous() for k, v in acts.items()}, p))
+        _save_shard(path, acts)
         index["shards"].append({"index": i, "file": path.name, "start": start, "stop": stop})
         index["shards"].sort(key=lambda f: f["index"])
         write_text(index_path, json.dumps(index, indent=1))

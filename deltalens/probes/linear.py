@@ -25,11 +25,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from deltalens.hooks.names import NamesArg, layer_of, parse_layers
+from deltalens.probes.collected import Collected
+from deltalens.schemas import PROBES
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from deltalens.probes.collect import Collected
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -141,10 +141,13 @@ def group_splits(
     )
 
 
-def _features(data: Any, names: NamesArg, layers: Any) -> tuple[list[str], dict[str, np.ndarray]]:
+def _features(
+    data: Collected | Mapping[str, Tensor], names: NamesArg, layers: Any
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The chosen hook names and their ``[n_prompts, d]`` float64 activations."""
     from deltalens.hooks.names import resolve_names
 
-    if hasattr(data, "select") and hasattr(data, "stack"):  # Collected
+    if isinstance(data, Collected):
         chosen = data.select(names, layers)
         return chosen, {n: data[n].double().numpy() for n in chosen}
     if isinstance(data, Mapping):
@@ -216,7 +219,8 @@ class ProbeResult:
     """Probes of one checkpoint.
 
     Attributes:
-        table: one row per (hook, fold). Columns: ``name, hook, layer, fold, n_train, n_test,
+        table: one row per (hook, fold) (:data:`~deltalens.schemas.PROBES` plus ``fold`` and the
+            group counts). Columns: ``name, hook, layer, fold, n_train, n_test,
             n_groups_train, n_groups_test, accuracy, roc_auc, train_accuracy, majority_accuracy,
             random_accuracy, random_roc_auc``.
         directions: hook name -> unit direction (``[d]``, towards ``classes[1]``) of the fold-0 probe.
@@ -280,6 +284,66 @@ class ProbeResult:
         )
 
 
+def _check_finite(name: str, X: np.ndarray) -> None:
+    if not np.isfinite(X).all():
+        bad = int(np.flatnonzero(~np.isfinite(X).all(1))[0])
+        raise ValueError(f"activations of {name!r} are not finite at prompt {bad}; expected finite values")
+
+
+def _fold(
+    name: str, X: np.ndarray, y: np.ndarray, g: np.ndarray, split: Split, fold: int, cfg: ProbeConfig
+) -> tuple[dict[str, Any], Any]:
+    """One table row (test and baseline scores of the ``name`` probe on one fold) and its pipeline."""
+    tr, te = split
+    classes = np.unique(y)
+    pipe = _pipeline(cfg).fit(X[tr], y[tr])
+    values, counts = np.unique(y[tr], return_counts=True)
+    rng = np.random.default_rng(cfg.seed + 7919 * fold)
+    rand_acc, rand_auc = _random_baseline(X[tr], y[tr], X[te], y[te], classes, cfg, rng)
+    row = dict(
+        name=name,
+        hook=name.split(".", 2)[-1] if layer_of(name) is not None else name,
+        layer=layer_of(name),
+        fold=fold,
+        n_train=len(tr),
+        n_test=len(te),
+        n_groups_train=len(np.unique(g[tr])),
+        n_groups_test=len(np.unique(g[te])),
+        accuracy=float((pipe.predict(X[te]) == y[te]).mean()),
+        roc_auc=_auc(y[te], pipe.predict_proba(X[te]), classes),
+        train_accuracy=float((pipe.predict(X[tr]) == y[tr]).mean()),
+        majority_accuracy=float((y[te] == values[counts.argmax()]).mean()),
+        random_accuracy=rand_acc,
+        random_roc_auc=rand_auc,
+    )
+    return row, pipe
+
+
+def _probe_hooks(
+    feats: dict[str, np.ndarray], y: np.ndarray, g: np.ndarray, splits: list[Split], cfg: ProbeConfig
+) -> tuple[list[dict[str, Any]], dict[str, Tensor], dict[str, Any]]:
+    """Table rows of every hook and fold, and the fold-0 directions and pipelines per hook."""
+    rows, directions, pipelines = [], {}, {}
+    for name, X in feats.items():
+        _check_finite(name, X)
+        for fold, split in enumerate(splits):
+            row, pipe = _fold(name, X, y, g, split, fold, cfg)
+            rows.append(row)
+            if fold == 0:
+                directions[name] = probe_direction(pipe)
+                pipelines[name] = pipe
+    return rows, directions, pipelines
+
+
+def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The :data:`~deltalens.schemas.PROBES` table of ``rows``, in the rows' column order."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    df["layer"] = df["layer"].astype("Int64")
+    return PROBES.frame(df)[list(df.columns)]
+
+
 def probe_layers(
     collected: Collected | Mapping[str, Tensor],
     labels: Sequence[Any] | None = None,
@@ -297,6 +361,7 @@ def probe_layers(
             ``[n_prompts, d]`` (e.g. an ``ActivationCache`` made with ``positions="last"``).
         labels: one per prompt (default: ``collected.labels``). Two or more classes.
         groups: one group id per prompt (default: ``collected.groups``; None: one group each).
+            Without groups, paraphrases of one request can sit on both sides and inflate accuracy.
         names: which hooks (glob / list / predicate).
         layers: optional layer spec (``"65-90%"``, ``"2:5"``, ints).
         config: split / fit settings (:class:`ProbeConfig`).
@@ -304,7 +369,8 @@ def probe_layers(
             checkpoints share one split.
 
     Returns:
-        :class:`ProbeResult` with the tidy ``table``, unit ``directions`` and fitted ``pipelines``.
+        :class:`ProbeResult` with the tidy ``table`` (:data:`~deltalens.schemas.PROBES`), unit
+        ``directions`` and fitted ``pipelines``.
 
     Raises:
         ValueError: one class only, label / group counts that do not match the prompts, a layer
@@ -313,17 +379,11 @@ def probe_layers(
     Example:
         >>> res = probe_layers(acts, layers="65-90%", config=ProbeConfig(n_splits=5))
         >>> res.best()["accuracy"], res.directions[res.best()["name"]].shape
-
-    Gotcha: without ``groups`` each prompt is its own group, so templated paraphrases of one
-    request can sit on both sides of the split and inflate accuracy.
     """
-    import pandas as pd
-
     cfg = config or ProbeConfig()
-    if labels is None:
-        labels = getattr(collected, "labels", None)
-    if groups is None:
-        groups = getattr(collected, "groups", None)
+    if isinstance(collected, Collected):
+        labels = collected.labels if labels is None else labels
+        groups = collected.groups if groups is None else groups
     chosen, feats = _features(collected, names, layers)
     if not chosen:
         raise ValueError(f"no hook matches names={names!r} and layers={layers!r}")
@@ -331,48 +391,12 @@ def probe_layers(
     y = _as_labels(labels, n).astype(str)
     g = _as_groups(groups, n)
     splits = splits if splits is not None else group_splits(y, None if groups is None else g, cfg)
-    classes = np.unique(y)
-    rows, directions, pipelines = [], {}, {}
-    for name in chosen:
-        X = feats[name]
-        if not np.isfinite(X).all():
-            bad = int(np.flatnonzero(~np.isfinite(X).all(1))[0])
-            raise ValueError(
-                f"activations of {name!r} are not finite at prompt {bad}; expected finite values"
-            )
-        for fold, (tr, te) in enumerate(splits):
-            pipe = _pipeline(cfg).fit(X[tr], y[tr])
-            values, counts = np.unique(y[tr], return_counts=True)
-            rng = np.random.default_rng(cfg.seed + 7919 * fold)
-            rand_acc, rand_auc = _random_baseline(X[tr], y[tr], X[te], y[te], classes, cfg, rng)
-            rows.append(
-                dict(
-                    name=name,
-                    hook=name.split(".", 2)[-1] if layer_of(name) is not None else name,
-                    layer=layer_of(name),
-                    fold=fold,
-                    n_train=len(tr),
-                    n_test=len(te),
-                    n_groups_train=len(np.unique(g[tr])),
-                    n_groups_test=len(np.unique(g[te])),
-                    accuracy=float((pipe.predict(X[te]) == y[te]).mean()),
-                    roc_auc=_auc(y[te], pipe.predict_proba(X[te]), classes),
-                    train_accuracy=float((pipe.predict(X[tr]) == y[tr]).mean()),
-                    majority_accuracy=float((y[te] == values[counts.argmax()]).mean()),
-                    random_accuracy=rand_acc,
-                    random_roc_auc=rand_auc,
-                )
-            )
-            if fold == 0:
-                directions[name] = probe_direction(pipe)
-                pipelines[name] = pipe
-    table = pd.DataFrame(rows)
-    table["layer"] = table["layer"].astype("Int64")
+    rows, directions, pipelines = _probe_hooks(feats, y, g, splits, cfg)
     return ProbeResult(
-        table=table,
+        table=_table(rows),
         directions=directions,
         pipelines=pipelines,
         splits=splits,
-        classes=[str(c) for c in classes],
+        classes=[str(c) for c in np.unique(y)],
         config=cfg,
     )

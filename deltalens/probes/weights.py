@@ -24,7 +24,9 @@ import torch
 from torch import Tensor
 
 from deltalens.hooks.weights import is_embedding, layer_pattern, tensor_group, tensor_layer
+from deltalens.interventions.delta import LowRank, WeightDelta
 from deltalens.probes.overlap import energy_rank, left_svd
+from deltalens.schemas import WEIGHT_OVERLAP, WEIGHT_OVERLAP_TENSORS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,32 +34,20 @@ if TYPE_CHECKING:
 DEFAULT_WEIGHT_ETAS: tuple[float, ...] = (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99)
 """The paper's η sweep for weight-update MSO (Exp 3)."""
 
-_TENSOR_COLUMNS = [
-    "tensor",
-    "group",
-    "module",
-    "layer",
-    "is_embedding",
-    "eta",
-    "k_a",
-    "k_b",
-    "d",
-    "mso",
-    "baseline",
-]
+Entry = Tensor | LowRank | None
 
 
-def _entry(delta: Mapping[str, Any], name: str) -> Any:
-    """The update in ``[out, in]`` orientation: a tensor, a low-rank ``B @ A``, or None (zero).
+def _entry(delta: Mapping[str, Any], name: str) -> Entry:
+    """The update in ``[out, in]`` orientation: a tensor, a :class:`LowRank` ``B @ A``, or None (zero).
 
-    A ``WeightDelta`` knows its orientation (GPT-2 ``Conv1D`` weights are stored ``[in, out]``) and
-    may keep LoRA updates factored; a plain mapping is taken as given.
+    A :class:`WeightDelta` knows its orientation (GPT-2 ``Conv1D`` weights are stored ``[in, out]``)
+    and may keep LoRA updates factored; a plain mapping is taken as given.
     """
-    return delta.oriented(name) if hasattr(delta, "oriented") else delta[name]
+    return delta.oriented(name) if isinstance(delta, WeightDelta) else delta[name]
 
 
-def _shape(delta: Mapping[str, Any], name: str, e: Any) -> tuple[int, ...]:
-    return tuple(delta.oriented_shape(name)) if hasattr(delta, "oriented_shape") else tuple(e.shape)
+def _shape(delta: Mapping[str, Any], name: str, e: Entry) -> tuple[int, ...]:
+    return tuple(delta.oriented_shape(name)) if isinstance(delta, WeightDelta) else tuple(e.shape)
 
 
 def _selected(delta: Mapping[str, Any], include_embeddings: bool, pattern: str | None) -> list[str]:
@@ -82,11 +72,11 @@ def _check_etas(etas: float | Sequence[float]) -> list[float]:
     return etas
 
 
-def _decompose(e: Any, centered: bool, max_eta: float) -> tuple[Tensor, Tensor] | None:
+def _decompose(e: Entry, centered: bool, max_eta: float) -> tuple[Tensor, Tensor] | None:
     """``(U, S)`` with ``U`` cut at the largest energy rank needed, or None for a zero update."""
     if e is None:
         return None
-    if hasattr(e, "B") and hasattr(e, "A"):  # low rank B @ A: QR of B, SVD of the small R @ A
+    if isinstance(e, LowRank):  # low rank B @ A: QR of B, SVD of the small R @ A
         Q, R = torch.linalg.qr(e.B.detach().double())
         A = e.A.detach().double()
         Us, S, _ = torch.linalg.svd(R @ (A - A.mean(1, keepdim=True) if centered else A), full_matrices=False)
@@ -127,11 +117,11 @@ def _rows(
 
 
 def _frame(rows: list[dict[str, Any]], extra: Sequence[str] = ()) -> pd.DataFrame:
+    """The per-tensor table (:data:`~deltalens.schemas.WEIGHT_OVERLAP_TENSORS`), ``extra`` columns first."""
     import pandas as pd
 
-    df = pd.DataFrame(rows, columns=[*extra, *_TENSOR_COLUMNS])
-    df["layer"] = df["layer"].astype("Int64")
-    return df
+    columns = [*extra, *WEIGHT_OVERLAP_TENSORS.names]
+    return WEIGHT_OVERLAP_TENSORS.frame(pd.DataFrame(rows, columns=columns))[columns]
 
 
 def _aggregate(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -156,7 +146,8 @@ class WeightOverlap:
     """Per-tensor MSO of two weight updates over an η sweep.
 
     Attributes:
-        table: one row per (tensor, η). Columns: ``tensor`` (HF name), ``module`` (name with the
+        table: one row per (tensor, η) (:data:`~deltalens.schemas.WEIGHT_OVERLAP_TENSORS`).
+            Columns: ``tensor`` (HF name), ``group``, ``module`` (name with the
             layer index as ``*``), ``layer`` (Int64, <NA> outside blocks), ``is_embedding``,
             ``eta``, ``k_a``, ``k_b``, ``d`` (rows of ΔW), ``mso``, ``baseline`` (max(k_a,k_b)/d).
         skipped: tensor name -> why it was left out (zero update, missing from one side, ...).
@@ -220,8 +211,55 @@ def weight_overlap(
     """
     etas = _check_etas(etas)
     result = _pairs({"a": delta_a, "b": delta_b}, etas, include_embeddings, pattern, centered)
-    table = result.table.drop(columns=["a", "b"]).reset_index(drop=True)
+    table = WEIGHT_OVERLAP_TENSORS.frame(result.table.drop(columns=["a", "b"]).reset_index(drop=True))
     return WeightOverlap(table=table, skipped=result.skipped)
+
+
+def _common_names(names_per: dict[str, list[str]]) -> tuple[list[str], dict[str, str]]:
+    """Tensor names selected in every update (first update's order), and why the others are left out."""
+    keys = list(names_per)
+    sets = {k: set(v) for k, v in names_per.items()}
+    common = [n for n in names_per[keys[0]] if all(n in sets[k] for k in keys)]
+    skipped: dict[str, str] = {}
+    for k in keys:
+        for n in names_per[k]:
+            if n not in common and n not in skipped:
+                skipped[n] = f"missing from {[j for j in keys if n not in sets[j]]}"
+    return common, skipped
+
+
+def _check_finite(key: str, name: str, e: Entry) -> None:
+    parts = [] if e is None else [e.B, e.A] if isinstance(e, LowRank) else [e]
+    if not all(bool(torch.isfinite(t).all()) for t in parts):
+        raise ValueError(f"update {key!r} has non-finite values in tensor {name!r}")
+
+
+def _tensor_rows(
+    deltas: Mapping[str, Mapping[str, Tensor]], name: str, etas: list[float], centered: bool
+) -> tuple[list[dict[str, Any]], str | None] | None:
+    """Rows ``a, b, <tensor columns>`` of one tensor for every pair of updates.
+
+    Returns:
+        None when the tensor is not 2-D in every update; otherwise ``(rows, reason)`` with
+        ``reason`` saying why the tensor is skipped (then ``rows`` is empty), or None.
+    """
+    entries = {k: _entry(delta, name) for k, delta in deltas.items()}
+    shapes = {k: _shape(deltas[k], name, e) for k, e in entries.items()}
+    if any(len(s) != 2 for s in shapes.values()):
+        return None
+    if len(set(shapes.values())) > 1:
+        return [], f"shapes differ: {shapes}"
+    decomp = {}
+    for k, e in entries.items():
+        _check_finite(k, name, e)
+        decomp[k] = _decompose(e, centered, max(etas))
+    zero = [k for k, v in decomp.items() if v is None]
+    if zero:
+        return [], f"zero update in {zero}"
+    rows = []
+    for a, b in itertools.combinations(deltas, 2):
+        rows += [dict(a=a, b=b, **r) for r in _rows(name, decomp[a], decomp[b], etas)]
+    return rows, None
 
 
 def _pairs(
@@ -231,45 +269,24 @@ def _pairs(
     pattern: str | None,
     centered: bool,
 ) -> WeightOverlap:
+    """Per-tensor overlap of every pair of ``deltas``: the tensor table with ``a, b`` columns first."""
     if len(deltas) < 2:
         raise ValueError(f"need at least two updates to compare; got {list(deltas)}")
-    keys = list(deltas)
-    names_per = {k: _selected(deltas[k], include_embeddings, pattern) for k in keys}
-    order = names_per[keys[0]]
-    common = [n for n in order if all(n in set(names_per[k]) for k in keys)]
-    skipped: dict[str, str] = {}
-    for k in keys:
-        for n in names_per[k]:
-            if n not in common and n not in skipped:
-                missing = [j for j in keys if n not in set(names_per[j])]
-                skipped[n] = f"missing from {missing}"
+    names_per = {k: _selected(delta, include_embeddings, pattern) for k, delta in deltas.items()}
+    common, skipped = _common_names(names_per)
     rows: list[dict[str, Any]] = []
-    max_eta = max(etas)
     n_2d = 0
     for name in common:
-        entries = {k: _entry(deltas[k], name) for k in keys}
-        shapes = {k: _shape(deltas[k], name, e) for k, e in entries.items()}
-        if any(len(s) != 2 for s in shapes.values()):
+        found = _tensor_rows(deltas, name, etas, centered)
+        if found is None:
             continue
         n_2d += 1
-        if len(set(shapes.values())) > 1:
-            skipped[name] = f"shapes differ: {shapes}"
-            continue
-        decomp = {}
-        for k, e in entries.items():
-            parts = [] if e is None else [e.B, e.A] if hasattr(e, "B") else [e]
-            if not all(bool(torch.isfinite(t).all()) for t in parts):
-                raise ValueError(f"update {k!r} has non-finite values in tensor {name!r}")
-            decomp[k] = _decompose(e, centered, max_eta)
-        zero = [k for k, v in decomp.items() if v is None]
-        if zero:
-            skipped[name] = f"zero update in {zero}"
-            continue
-        for a, b in itertools.combinations(keys, 2):
-            rows += [dict(a=a, b=b, **r) for r in _rows(name, decomp[a], decomp[b], etas)]
+        rows += found[0]
+        if found[1] is not None:
+            skipped[name] = found[1]
     if n_2d == 0:
         raise ValueError(
-            f"the updates {keys} share no 2-D tensor (after include_embeddings={include_embeddings}, "
+            f"the updates {list(deltas)} share no 2-D tensor (after include_embeddings={include_embeddings}, "
             f"pattern={pattern!r}); expected HF names such as 'model.layers.0.mlp.up_proj.weight'"
         )
     return WeightOverlap(table=_frame(rows, extra=("a", "b")), skipped=skipped)
@@ -299,8 +316,9 @@ def weight_overlap_pairs(
 
     Returns:
         DataFrame with ``a, b, embeddings`` and, for ``by="tensor"``, the columns of
-        :attr:`WeightOverlap.table`; otherwise the grouping keys plus ``mso, baseline, mso_std,
-        k_a, k_b, n_tensors, ratio`` (means over tensors; ``ratio = mso / baseline``).
+        :attr:`WeightOverlap.table` (:data:`~deltalens.schemas.WEIGHT_OVERLAP_TENSORS`); otherwise
+        the grouping keys plus ``mso, baseline, mso_std, k_a, k_b, n_tensors, ratio`` (means over
+        tensors; ``ratio = mso / baseline``; :data:`~deltalens.schemas.WEIGHT_OVERLAP`).
 
     Example:
         >>> df = weight_overlap_pairs({"alignment": dA, "useful": dU, "harmful": dH}, etas=(0.5, 0.9))
@@ -325,4 +343,10 @@ def weight_overlap_pairs(
         out = df.copy() if keys is None else _aggregate(df, ["a", "b", *keys, "eta"])
         out.insert(2, "embeddings", label)
         frames.append(out)
-    return pd.concat(frames, ignore_index=True)
+    return _pairs_frame(pd.concat(frames, ignore_index=True), tensors=keys is None)
+
+
+def _pairs_frame(df: pd.DataFrame, tensors: bool) -> pd.DataFrame:
+    """``df`` checked and cast by its schema (per-tensor rows or aggregates), its column order kept."""
+    schema = WEIGHT_OVERLAP_TENSORS if tensors else WEIGHT_OVERLAP
+    return schema.frame(df)[list(df.columns)]
