@@ -451,7 +451,11 @@ class HookedModel:
         """A detached copy of the wrapped Hugging Face module (a live LoRA adapter merged), to train."""
         import copy
 
+        from peft import PeftModel
+
         hf = copy.deepcopy(self.hf_model)
-        if type(hf).__module__.startswith("peft"):
+        if isinstance(hf, PeftModel):
             hf = hf.merge_and_unload()
+        for p in hf.parameters():  # peft froze the base weights; a copy to train starts unfrozen
+            p.requires_grad_(True)
         return hf
