@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTIVATION_OVERLAP",
+    "DELTA_NORMS",
     "ENERGY",
     "ENERGY_SWEEP",
     "EVALS",
@@ -281,6 +282,27 @@ EVALS = Schema(
 )
 """Evaluation of each model of a family: harmful compliance, refusal rates, task utility."""
 
+DELTA_NORMS = Schema(
+    "delta_norms",
+    {
+        "update": "str",
+        "name": "str",
+        "layer": "Int64",
+        "module": "str",
+        "numel": "Int64",
+        "norm": "float64",
+        "rel_norm": "float64",
+    },
+    doc={
+        "update": "which ΔW (a label such as useful / harmful)",
+        "name": "the tensor's name",
+        "norm": "‖ΔW‖_F",
+        "rel_norm": "‖ΔW‖_F / ‖W‖_F (NaN without a reference)",
+    },
+    optional=("update", "layer", "module", "numel", "rel_norm"),
+)
+"""Per-tensor ΔW norms (:func:`deltalens.viz.weights.delta_norm_table`); :func:`deltalens.viz.delta_norms` fills the optional columns."""
+
 SCHEMAS: dict[str, Schema] = {
     s.name: s
     for s in (
@@ -293,6 +315,7 @@ SCHEMAS: dict[str, Schema] = {
         PROBES,
         PATCHING,
         EVALS,
+        DELTA_NORMS,
     )
 }
 """Every declared schema by table name."""

@@ -17,6 +17,7 @@ import torch
 
 import deltalens as dl
 from deltalens import viz
+from deltalens.schemas import ACTIVATION_OVERLAP, PATCHING, PROBES, SWEEP, WEIGHT_OVERLAP, SchemaError
 from deltalens.study import report
 from deltalens.viz.attention import circuitsvis_script
 
@@ -36,65 +37,79 @@ def llama_nnsight(tiny_dirs):
 
 
 def sweep_table() -> pd.DataFrame:
-    """A sweep with known values: utility = frac * scale(method), plus reference rows (frac NaN)."""
+    """A SWEEP table with known values: utility = frac * scale(method), plus reference rows (frac NaN)."""
     scale = {"Top-K": 1.0, "RandomK": 0.8, "Random": 0.5}
     rows = []
-    for update in ("useful", "harmful"):
+    for task in ("useful", "harmful"):
         for mode in ("parallel", "orthogonal"):
             for method, s in scale.items():
                 for frac in (0.01, 0.25, 0.5, 0.75, 0.99):
                     rows.append(
                         dict(
-                            update=update,
+                            task=task,
                             method=method,
                             mode=mode,
                             frac=frac,
+                            alpha=1.0,
+                            k_total=round(100 * frac),
                             energy_kept=round(frac * s, 4),
-                            utility=round(frac * s, 4) if update == "useful" else np.nan,
-                            harmfulness=round(frac * s / 2, 4) if update == "harmful" else np.nan,
+                            energy_kept_no_embed=round(frac * s, 4),
+                            utility=round(frac * s, 4) if task == "useful" else np.nan,
+                            harmfulness=round(frac * s / 2, 4) if task == "harmful" else np.nan,
                         )
                     )
     for label, u, h in (("W_0", 0.05, 0.6), ("W_A", 0.1, 0.02), ("full FT", 0.9, 0.7)):
-        rows.append(dict(method=label, frac=np.nan, utility=u, harmfulness=h))
-    return pd.DataFrame(rows)
+        rows.append(dict(method=label, frac=np.nan, alpha=1.0, k_total=0, utility=u, harmfulness=h))
+    return SWEEP.frame(rows)
 
 
 def weight_table() -> pd.DataFrame:
+    """A WEIGHT_OVERLAP table with two rows per (pair, eta) (an extra ``tensor`` column) to average."""
     rows = []
     pairs = {("alignment", "useful"): 0.2, ("alignment", "harmful"): 0.3, ("useful", "harmful"): 0.6}
     for (a, b), v in pairs.items():
         for eta in (0.1, 0.5, 0.9):
             for t, off in (("q", -0.1), ("k", 0.1)):
-                rows.append(dict(a=a, b=b, eta=eta, tensor=t, mso=v + off + eta / 10, baseline=0.05))
-    return pd.DataFrame(rows)
+                mso = v + off + eta / 10
+                rows.append(dict(a=a, b=b, eta=eta, mso=mso, baseline=0.05, mso_std=0.01, k_a=2.0, k_b=3.0,
+                                 n_tensors=1, ratio=mso / 0.05, tensor=t))  # fmt: skip
+    return WEIGHT_OVERLAP.frame(rows)
 
 
 def act_table() -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            dict(layer=layer, pair=pair, mso=0.1 * layer + off, mso_random=0.01 * (layer + 1))
-            for layer in range(4)
-            for pair, off in (("U-H1", 0.1), ("H1-H2", 0.2))
-        ]
-    )
+    """An ACTIVATION_OVERLAP table: one model, one eta, two prompt-set pairs over four layers."""
+    rows = [
+        dict(model="wa", set_a=a, set_b=b, scope="layer", layer=layer, eta=0.5, centered=False, n_a=8, n_b=8,
+             k_a=2.0, k_b=2.0, d=64, mso=0.1 * layer + off, baseline=0.01 * (layer + 1))
+        for layer in range(4)
+        for a, b, off in (("U", "H1", 0.1), ("H1", "H2", 0.2))
+    ]  # fmt: skip
+    return ACTIVATION_OVERLAP.frame(rows)
 
 
 def probe_table() -> pd.DataFrame:
-    return pd.DataFrame(
-        [dict(layer=layer, model=m, accuracy=0.5 + 0.1 * layer + off) for layer in range(4) for m, off in
-         (("W_0", 0.0), ("W_A", 0.05))]
-    )  # fmt: skip
+    """A PROBES table (as ``ProbeResult.summary()``) for two models, with the study's ``model`` label."""
+    rows = [
+        dict(model=m, name=f"blocks.{layer}.hook_resid_post", hook="hook_resid_post", layer=layer, n_train=30.0,
+             n_test=10.0, accuracy=0.5 + 0.1 * layer + off, roc_auc=0.9, train_accuracy=1.0,
+             majority_accuracy=0.5, random_accuracy=0.52, random_roc_auc=0.5)
+        for layer in range(4)
+        for m, off in (("W_0", 0.0), ("W_A", 0.05))
+    ]  # fmt: skip
+    return PROBES.frame(rows)
 
 
 def patch_table() -> pd.DataFrame:
+    """A PATCHING table of one hook kind, with an extra ``token`` column."""
     toks = ["How", " do", " I", "?"]
-    return pd.DataFrame(
+    return PATCHING.frame(
         [
-            dict(layer=layer, position=p, token=t, effect=layer - p)
+            dict(name=f"blocks.{layer}.hook_resid_pre", layer=layer, position=p, metric=0.0, effect=layer - p,
+                 token=t)
             for layer in range(3)
             for p, t in enumerate(toks)
         ]
-    )
+    )  # fmt: skip
 
 
 def _series(view, panel, series):
@@ -182,7 +197,7 @@ def test_logit_lens_selected_layers_and_positions(llama):
 # ---------------------------------------------------------------------------------------- plots from tables
 def test_steering_sweep_series_and_references():
     view = viz.steering_sweep(sweep_table())
-    assert view.params["metrics"] == ["utility", "harmfulness"] and view.params["style"] == "update"
+    assert view.params["metrics"] == ["utility", "harmfulness"] and view.params["style"] == "task"
     panels = set(view.series["panel"])
     assert panels == {f"{m}: {k}" for m in ("parallel", "orthogonal") for k in ("utility", "harmfulness")}
     x, y = _series(view, "parallel: utility", "Top-K / useful")
@@ -202,6 +217,30 @@ def test_steering_sweep_series_and_references():
     assert order[:3] == ["Top-K / useful", "RandomK / useful", "Random / useful"]
 
 
+def test_study_label_defaults_apply_only_when_the_column_is_there():
+    """``task`` / ``model`` / ``embeddings`` (labels no schema declares) are used when present, else dropped."""
+    no_task = sweep_table().drop(columns="task")
+    view = viz.steering_sweep(no_task, select={"mode": "parallel"})
+    assert view.params["style"] is None
+    assert _series(view, "parallel: utility", "Top-K")[1] == pytest.approx([0.01, 0.25, 0.5, 0.75, 0.99])
+    assert viz.steering_sweep(sweep_table(), style=None).params["style"] is None
+    assert viz.energy_kept(no_task).params["hue"] is None
+    probes = viz.probe_accuracy(probe_table().drop(columns="model"))
+    assert probes.params["hue"] is None and probes.caption.startswith("Mean over")
+    assert _series(probes, "", "accuracy")[1] == pytest.approx([0.525, 0.625, 0.725, 0.825])
+    assert viz.weight_overlap(weight_table()).params["row"] is None
+    both = pd.concat([weight_table().assign(embeddings=e, mso=lambda d, e=e: d["mso"] + (e == "included"))
+                      for e in ("included", "excluded")])  # fmt: skip
+    wv = viz.weight_overlap(both, select={"eta": 0.5})
+    assert wv.params["row"] == "embeddings"
+    assert set(wv.series["panel"]) == {"embeddings=included, eta=0.5", "embeddings=excluded, eta=0.5"}
+    cells = dict(zip(*_series(wv, "embeddings=included, eta=0.5", "harmful")))
+    assert cells["useful"] == pytest.approx(1.65)
+    # another existing column may be passed explicitly
+    by_mode = viz.energy_kept(sweep_table(), hue="mode", mode=None, select={"task": "useful"})
+    assert by_mode.params["hue"] == "mode" and {"parallel", "orthogonal"} <= set(by_mode.series["series"])
+
+
 def test_energy_kept_bars():
     view = viz.energy_kept(sweep_table(), select={"mode": "parallel"})
     assert set(view.series["panel"]) == {"parallel: Top-K", "parallel: RandomK", "parallel: Random"}
@@ -218,28 +257,33 @@ def test_weight_overlap_heatmap_is_symmetric_mean_over_tensors():
     assert cells["useful"] == pytest.approx(0.65) and cells["alignment"] == pytest.approx(0.35)
     assert math.isnan(cells["harmful"])
     assert dict(zip(*_series(view, "eta=0.5", "useful")))["harmful"] == pytest.approx(0.65)
-    one = viz.weight_overlap(weight_table(), select={"eta": 0.9})
+    one = viz.weight_overlap(weight_table(), select={"eta": 0.9}, col=None)
     assert set(one.series["panel"]) == {""}
 
 
 def test_activation_overlap_lines_with_baseline():
     view = viz.activation_overlap(act_table())
-    assert view.params["hue"] == "pair" and view.params["baseline"] == "mso_random"
-    x, y = _series(view, "", "H1-H2")
+    assert view.params["hue"] == "pair" and view.params["baseline"] == "baseline"
+    panel = "model=wa, eta=0.5"
+    x, y = _series(view, panel, "H1-H2")
     assert x == [0, 1, 2, 3] and y == pytest.approx([0.2, 0.3, 0.4, 0.5])
-    assert _series(view, "", "U-H1 (random baseline)")[1] == pytest.approx([0.01, 0.02, 0.03, 0.04])
-    # the probes module's pair columns a / b and eta are understood, eta becomes panels
-    t = pd.concat([act_table().assign(eta=e) for e in (0.1, 0.5)])
-    t[["a", "b"]] = t["pair"].str.split("-", expand=True)
-    view2 = viz.activation_overlap(t.drop(columns="pair"))
-    assert set(view2.series["panel"]) == {"eta=0.1", "eta=0.5"} and "U-H1" in set(view2.series["series"])
+    assert _series(view, panel, "U-H1 (random baseline)")[1] == pytest.approx([0.01, 0.02, 0.03, 0.04])
+    # eta values are panel columns, models panel rows
+    t = pd.concat([act_table().assign(eta=e, model=m) for e in (0.1, 0.5) for m in ("w0", "wa")])
+    view2 = viz.activation_overlap(t)
+    assert set(view2.series["panel"]) == {f"model={m}, eta={e}" for m in ("w0", "wa") for e in (0.1, 0.5)}
+    assert "U-H1" in set(view2.series["series"])
+    flat = viz.activation_overlap(t, row=None, col=None)
+    assert set(flat.series["panel"]) == {""} and "model" in flat.caption and "eta" in flat.caption
 
 
 def test_probe_accuracy_lines_chance_and_average_note():
-    view = viz.probe_accuracy(probe_table(), chance=0.5)
-    assert view.params["hue"] == "model"
+    view = viz.probe_accuracy(probe_table(), chance=0.4)
+    assert view.params["hue"] == "model" and view.params["baseline"] == "random_accuracy"
     assert _series(view, "", "W_A") == ([0, 1, 2, 3], pytest.approx([0.55, 0.65, 0.75, 0.85]))
-    assert _series(view, "", "chance")[1] == [0.5]
+    assert _series(view, "", "chance")[1] == [0.4]
+    assert _series(view, "", "W_A (random baseline)")[1] == pytest.approx([0.52] * 4)
+    assert _series(viz.probe_accuracy(probe_table()), "", "chance")[1] == [0.5]  # mean majority_accuracy
     one = viz.probe_accuracy(probe_table(), hue=None)
     assert _series(one, "", "accuracy")[1] == pytest.approx([0.525, 0.625, 0.725, 0.825])
     assert "model" in one.caption
@@ -247,9 +291,11 @@ def test_probe_accuracy_lines_chance_and_average_note():
 
 def test_patching_grid_and_token_labels():
     view = viz.patching(patch_table())
-    x, y = _series(view, "", "layer 2")
+    assert view.params["facet"] == "hook" and view.params["value"] == "effect"
+    x, y = _series(view, "hook=hook_resid_pre", "layer 2")
     assert x == [0, 1, 2, 3] and y == [2, 1, 0, -1]
-    assert view.params["value"] == "effect"
+    assert "hook" in view.data.columns
+    assert set(viz.patching(patch_table(), facet=None).series["panel"]) == {""}
 
 
 def test_delta_norms_per_layer_and_module(llama, llama_nnsight):
@@ -268,17 +314,50 @@ def test_delta_norms_per_layer_and_module(llama, llama_nnsight):
     )
     assert view.params["value"] == "rel_norm"
     assert {"useful", "harmful", "outside blocks"} == set(view.series["panel"])
+    # a table of norms: layer, module, update and rel_norm are filled in
+    table = viz.delta_norms(pd.DataFrame({"name": [name, "lm_head.weight"], "norm": [1.0, 2.0]}))
+    assert table.data["module"].tolist() == ["self_attn.q_proj", "lm_head"] and table.params["value"] == "norm"
+    assert set(table.series["panel"]) == {"ΔW", "outside blocks"}
     with pytest.raises(TypeError, match="Mapping"):
         viz.delta_norms([1, 2])
+    with pytest.raises(SchemaError, match=r"missing columns \['norm'\]"):
+        viz.delta_norms(pd.DataFrame({"name": [name]}))
 
 
 def test_table_errors_name_columns():
-    with pytest.raises(KeyError, match="did you mean 'accuracy'"):
+    with pytest.raises(ValueError, match=r"viz.probe_accuracy: y='acuracy' is not a column.*did you mean 'accuracy'"):
         viz.probe_accuracy(probe_table(), y="acuracy")
+    with pytest.raises(ValueError, match=r"hue='modle'.*its columns are \[.*'model'"):
+        viz.probe_accuracy(probe_table(), hue="modle")
+    with pytest.raises(ValueError, match=r"style='update' is not a column"):
+        viz.steering_sweep(sweep_table(), style="update")
+    with pytest.raises(ValueError, match=r"metrics\[1\]='harm' is not a column"):
+        viz.steering_sweep(sweep_table(), metrics=["utility", "harm"])
+    with pytest.raises(ValueError, match=r"row='embedding' is not a column"):
+        viz.weight_overlap(weight_table(), row="embedding")
+    with pytest.raises(ValueError, match=r"select key 'modee' is not a column"):
+        viz.steering_sweep(sweep_table(), select={"modee": "parallel"})
     with pytest.raises(ValueError, match="no row matches"):
         viz.steering_sweep(sweep_table(), select={"mode": "sideways"})
     with pytest.raises(ValueError, match="empty"):
         viz.patching(pd.DataFrame())
+
+
+def test_views_check_their_schema():
+    """A table of another kind fails at once, naming the view, the schema and the missing columns."""
+    cases = [
+        (viz.steering_sweep, sweep_table().drop(columns="k_total"), "'sweep'", "['k_total']"),
+        (viz.energy_kept, probe_table(), "'sweep'", "'method'"),
+        (viz.weight_overlap, weight_table().rename(columns={"a": "update_a"}), "'weight_overlap'", "['a']"),
+        (viz.activation_overlap, act_table().drop(columns=["set_a", "set_b"]), "'activation_overlap'", "'set_a'"),
+        (viz.probe_accuracy, probe_table().drop(columns="random_accuracy"), "'probes'", "'random_accuracy'"),
+        (viz.patching, patch_table().drop(columns="name"), "'patching'", "['name']"),
+    ]  # fmt: skip
+    for view, table, schema, missing in cases:
+        with pytest.raises(SchemaError) as err:
+            view(table)
+        msg = str(err.value)
+        assert f"a {schema} table was expected for viz.{view.__name__}" in msg and missing in msg, msg
 
 
 def test_figures_are_deterministic_and_save(tmp_path):
@@ -380,10 +459,11 @@ def battery_evals() -> pd.DataFrame:
 
 def test_tables_shaped_like_the_other_modules_are_understood():
     sweep = viz.steering_sweep(battery_sweep().query("task == 'useful'"))
-    assert sweep.params["metrics"] == ["utility", "harm"] and sweep.params["style"] is None
+    assert sweep.params["metrics"] == ["utility", "harm"] and sweep.params["style"] == "task"
     assert _series(sweep, "parallel: utility", "ref: full")[1] == [0.9]
     assert _series(sweep, "parallel: harm", "ref: reference")[1] == [0.05]
-    assert list(dict.fromkeys(sweep.series["series"]))[:3] == ["topk", "randomk", "random"]
+    order = list(dict.fromkeys(sweep.series["series"]))[:3]
+    assert order == ["topk / useful", "randomk / useful", "random / useful"]
     both = viz.steering_sweep(battery_sweep())
     assert both.params["style"] == "task" and "alpha" not in both.caption
     assert _series(both, "parallel: harm", "topk / harmful")[1] == pytest.approx([0.125, 0.375])
@@ -394,7 +474,8 @@ def test_tables_shaped_like_the_other_modules_are_understood():
     # probes: ProbeResult.summary() per model
     probes = pd.DataFrame(
         [dict(model=m, name=f"blocks.{lay}.hook_resid_post", hook="hook_resid_post", layer=lay, fold=f,
-              accuracy=0.6 + 0.1 * lay + 0.02 * f, majority_accuracy=0.5, random_accuracy=0.55)
+              n_train=30, n_test=10, accuracy=0.6 + 0.1 * lay + 0.02 * f, roc_auc=0.9, train_accuracy=1.0,
+              majority_accuracy=0.5, random_accuracy=0.55, random_roc_auc=0.5)
          for m in ("w0", "wa") for lay in range(3) for f in range(2)]
     )  # fmt: skip
     pv = viz.probe_accuracy(probes)
@@ -405,16 +486,17 @@ def test_tables_shaped_like_the_other_modules_are_understood():
     # probes.activation_overlap: per-layer and slice-mean rows, centred and uncentred
     act = pd.DataFrame(
         [dict(model="wa", set_a="useful", set_b="harmful_1", scope="layer", layer=lay, eta=0.5, centered=c,
-              mso=0.3 + 0.1 * lay + (0.2 if c else 0), baseline=0.02)
+              n_a=8, n_b=8, k_a=1.0, k_b=1.0, d=64, mso=0.3 + 0.1 * lay + (0.2 if c else 0), baseline=0.02)
          for lay in (1, 2) for c in (False, True)]
         + [dict(model="wa", set_a="useful", set_b="harmful_1", scope="slice_mean", layer=pd.NA, eta=0.5,
-                centered=False, mso=0.99, baseline=0.02)]
+                centered=False, n_a=8, n_b=8, k_a=1.0, k_b=1.0, d=64, mso=0.99, baseline=0.02)]
     )  # fmt: skip
     av = viz.activation_overlap(act)
-    assert _series(av, "", "useful-harmful_1") == ([1, 2], pytest.approx([0.4, 0.5]))
+    panel = "model=wa, eta=0.5"
+    assert _series(av, panel, "useful-harmful_1") == ([1, 2], pytest.approx([0.4, 0.5]))
     assert "scope=layer" in av.caption and "centered=False" in av.caption
     centred = viz.activation_overlap(act, select={"centered": True})
-    assert _series(centred, "", "useful-harmful_1")[1] == pytest.approx([0.6, 0.7])
+    assert _series(centred, panel, "useful-harmful_1")[1] == pytest.approx([0.6, 0.7])
     # interventions.patching_sweep: one row per hook name and position
     patch = pd.DataFrame(
         [dict(name=f"blocks.{lay}.{h}", layer=lay, position=p, metric=0.0,

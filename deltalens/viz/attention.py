@@ -12,9 +12,18 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deltalens.viz.base import View, content_id, esc, provenance_of
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from deltalens.hooks.cache import ActivationCache
+    from deltalens.hooks.model import HookedModel
+
+    Source = HookedModel | ActivationCache | Mapping[str, Tensor]
+    """What :func:`attention` reads a pattern from."""
 
 _ELEMENT = "AttentionHeads"
 
@@ -129,7 +138,7 @@ def str_tokens(tokenizer: Any, ids: Sequence[int]) -> list[str]:
 
 
 def _pattern_from(
-    source: Any,
+    source: Source,
     prompt: str | None,
     layer: int,
     batch_index: int,
@@ -214,7 +223,7 @@ def _tidy(tokens: dict[str, list[str]], patterns: dict[str, Any], heads: list[in
 
 
 def attention(
-    model_or_cache: Any,
+    model_or_cache: Source,
     prompt: str | None = None,
     *,
     layer: int = 0,
@@ -267,7 +276,7 @@ def attention(
 
 
 def attention_compare(
-    models: Mapping[str, Any],
+    models: Mapping[str, Source],
     prompt: str | None = None,
     layer: int = 0,
     *,

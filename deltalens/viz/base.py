@@ -9,12 +9,9 @@ byte-identical HTML. The table and drawing helpers the plot functions share are 
 :mod:`deltalens.viz.plots`.
 
 Example:
-    >>> import pandas as pd
     >>> from deltalens import viz
-    >>> table = pd.DataFrame({"layer": [0, 1, 2], "accuracy": [0.55, 0.8, 0.93], "model": "W_A"})
-    >>> view = viz.probe_accuracy(table)
-    >>> view.series[["series", "x", "y"]].values.tolist()
-    [['W_A', 0, 0.55], ['W_A', 1, 0.8], ['W_A', 2, 0.93]]
+    >>> view = viz.probe_accuracy(probe_result.summary())   # a deltalens.schemas.PROBES table
+    >>> view.series[["series", "x", "y"]]                  # each drawn point
     >>> view.save("probe.html"); view.save("probe.png")
 """
 

@@ -20,22 +20,36 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from deltalens.schemas import Schema
+
 
 # --------------------------------------------------------------------------------- tables
-def require_columns(df: pd.DataFrame, columns: Iterable[str | None], what: str) -> None:
-    """Raise a clear ``KeyError`` if ``df`` lacks any of ``columns`` (``None`` entries ignored)."""
+def column_error(df: pd.DataFrame, what: str, label: str, value: str) -> ValueError:
+    """A ``ValueError`` saying ``value``, given as ``label`` (e.g. ``"hue='modle'"``), is not a
+    column of ``df``; it names close matches and the table's columns."""
     import difflib
 
-    missing = [c for c in columns if c is not None and c not in df.columns]
-    if missing:
-        hints = []
-        for c in missing:
-            close = difflib.get_close_matches(c, [str(x) for x in df.columns], n=2, cutoff=0.5)
-            hints.append(f"{c!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
-        raise KeyError(
-            f"{what}: the table has no column {', '.join(hints)}; its columns are {list(df.columns)}. "
-            "Pass the column names as keyword arguments."
-        )
+    close = difflib.get_close_matches(str(value), [str(x) for x in df.columns], n=2, cutoff=0.5)
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    return ValueError(f"{what}: {label} is not a column of the table{hint}; its columns are {list(df.columns)}")
+
+
+def check_columns(df: pd.DataFrame, what: str, **columns: str | None) -> None:
+    """Raise a ``ValueError`` naming the argument, its value and the table's columns for each
+    column argument (``name=value``) that ``df`` lacks; ``None`` means no column and passes."""
+    for arg, value in columns.items():
+        if value is not None and value not in df.columns:
+            raise column_error(df, what, f"{arg}={value!r}", value)
+
+
+def label_column(df: pd.DataFrame, what: str, arg: str, value: str | None, default: str) -> str | None:
+    """Resolve a study-label argument (``task``, ``model``, ``embeddings`` ...), a column no schema
+    declares: its ``default`` name is used when the table has that column and dropped (None) when
+    it does not; any other name must be a column (else :func:`check_columns`'s ``ValueError``)."""
+    if value == default and value not in df.columns:
+        return None
+    check_columns(df, what, **{arg: value})
+    return value
 
 
 def as_frame(table: Any, what: str) -> pd.DataFrame:
@@ -48,11 +62,19 @@ def as_frame(table: Any, what: str) -> pd.DataFrame:
     return df
 
 
+def schema_frame(table: Any, schema: Schema, select: Mapping[str, Any] | None, what: str) -> pd.DataFrame:
+    """``table`` as a non-empty DataFrame checked against ``schema`` (a
+    :class:`~deltalens.schemas.SchemaError` names missing columns), then the rows ``select`` keeps."""
+    return apply_select(schema.check(as_frame(table, what), where=what), select, what)
+
+
 def apply_select(df: pd.DataFrame, select: Mapping[str, Any] | None, what: str) -> pd.DataFrame:
     """Keep the rows where each ``column == value`` (or ``column in [values]``)."""
     if not select:
         return df
-    require_columns(df, select, what)
+    for col in select:
+        if col not in df.columns:
+            raise column_error(df, what, f"select key {col!r}", col)
     for col, val in select.items():
         if isinstance(val, list | tuple | set | frozenset):
             df = df[df[col].isin(list(val))]
@@ -79,19 +101,6 @@ def default_rows(
             df = df[keep]
             picked.append(f"{col}={val}")
     return df, (f"Showing {', '.join(picked)} (pass select={{...}} for others)." if picked else "")
-
-
-def auto_column(
-    df: pd.DataFrame, given: str | None, candidates: Sequence[str], varying: bool = False
-) -> str | None:
-    """Resolve a column argument: ``"auto"`` picks the first of ``candidates`` present (and, with
-    ``varying=True``, taking more than one value); ``None`` means no column; anything else is kept."""
-    if given != "auto":
-        return given
-    for c in candidates:
-        if c in df.columns and (not varying or df[c].nunique(dropna=False) > 1):
-            return c
-    return None
 
 
 def average_over_rest(
@@ -334,7 +343,7 @@ def heatmap(
 # ------------------------------------------------------------------------- lines by layer
 def line_view(
     kind: str,
-    df: Any,
+    df: pd.DataFrame,
     *,
     x: str,
     y: str,
@@ -352,10 +361,9 @@ def line_view(
     """One line per ``hue`` value against ``x``, one panel per (``row``, ``col``) value.
 
     ``band`` is a standard-deviation column drawn around the line, ``baseline`` a column drawn
-    dashed, ``chance`` a dotted horizontal line; other varying columns are averaged.
+    dashed, ``chance`` a dotted horizontal line; other varying columns are averaged. The caller
+    has checked that every named column exists.
     """
-    what = f"viz.{kind}"
-    require_columns(df, [x, y, hue, col, row, band, baseline], what)
     values = [c for c in (y, band, baseline) if c]
     agg, note = average_over_rest(df, [c for c in (row, col, hue, x) if c], values)
     rows, note = panel_values(agg, row, max_panels, note)
@@ -368,29 +376,60 @@ def line_view(
         pname = panel_name(row, rv, col, cv)
         for hv in hues:
             s = sub if hv is None else sub[sub[hue] == hv]
-            s = s.dropna(subset=[y]).sort_values(x)
-            if s.empty:
-                continue
             label = y if hv is None else str(hv)
-            ax.plot(s[x], s[y], marker="o", ms=4, color=colors[hv], label=mpl_text(label, 30))
-            log.add(pname, label, s[x], s[y])
-            if band:
-                ax.fill_between(s[x], s[y] - s[band], s[y] + s[band], color=colors[hv], alpha=0.15, lw=0)
-            if baseline:
-                ax.plot(s[x], s[baseline], ls="--", lw=1, color=colors[hv], alpha=0.7)
-                log.add(pname, f"{label} (random baseline)", s[x], s[baseline])
-        if baseline:
-            ax.plot([], [], ls="--", color="gray", label="random baseline")
-        if chance is not None:
-            ax.axhline(chance, color="gray", ls=":", lw=1, label=f"chance {chance:g}")
-            log.add(pname, "chance", [float("nan")], [chance])
-        if ylim:
-            ax.set_ylim(*ylim)
-        style_axes(ax, pname or None, x, ylabel)
-        if sub[x].dtype.kind in "iu":
-            from matplotlib.ticker import MaxNLocator
-
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _hue_line(ax, s, x, y, label, colors[hv], band, baseline, log, pname)
+        _finish_line_panel(ax, sub, pname, x, ylabel, baseline, chance, ylim, log)
     figure_legend(fig, axes)
     params = {"x": x, "y": y, "hue": hue, "col": col, "row": row, "band": band, "baseline": baseline}
     return figure_view(kind, title, df, note, fig, log, params)
+
+
+def _hue_line(
+    ax: Axes,
+    rows: pd.DataFrame,
+    x: str,
+    y: str,
+    label: str,
+    color: str,
+    band: str | None,
+    baseline: str | None,
+    log: SeriesLog,
+    panel: str,
+) -> None:
+    """Draw one line of :func:`line_view` (with its band and dashed baseline) and log it."""
+    s = rows.dropna(subset=[y]).sort_values(x)
+    if s.empty:
+        return
+    ax.plot(s[x], s[y], marker="o", ms=4, color=color, label=mpl_text(label, 30))
+    log.add(panel, label, s[x], s[y])
+    if band:
+        ax.fill_between(s[x], s[y] - s[band], s[y] + s[band], color=color, alpha=0.15, lw=0)
+    if baseline:
+        ax.plot(s[x], s[baseline], ls="--", lw=1, color=color, alpha=0.7)
+        log.add(panel, f"{label} (random baseline)", s[x], s[baseline])
+
+
+def _finish_line_panel(
+    ax: Axes,
+    sub: pd.DataFrame,
+    panel: str,
+    x: str,
+    ylabel: str,
+    baseline: str | None,
+    chance: float | None,
+    ylim: tuple[float, float] | None,
+    log: SeriesLog,
+) -> None:
+    """A :func:`line_view` panel's legend entry for baselines, chance line, limits, labels and ticks."""
+    if baseline:
+        ax.plot([], [], ls="--", color="gray", label="random baseline")
+    if chance is not None:
+        ax.axhline(chance, color="gray", ls=":", lw=1, label=f"chance {chance:g}")
+        log.add(panel, "chance", [float("nan")], [chance])
+    if ylim:
+        ax.set_ylim(*ylim)
+    style_axes(ax, panel or None, x, ylabel)
+    if sub[x].dtype.kind in "iu":
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -5,24 +5,36 @@ The ΔW-norm view lives in :mod:`deltalens.viz.weights` (still importable from h
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from deltalens.schemas import ACTIVATION_OVERLAP, PROBES
 from deltalens.viz.base import FigureView, provenance_of
 from deltalens.viz.plots import (
     SeriesLog,
-    apply_select,
-    as_frame,
-    auto_column,
+    check_columns,
     default_rows,
     figure_view,
     heatmap,
+    label_column,
     line_view,
     mpl_text,
     new_figure,
+    schema_frame,
 )
 from deltalens.viz.weights import delta_norm_table as delta_norm_table
 from deltalens.viz.weights import delta_norms as delta_norms
 from deltalens.viz.weights import split_param_name as split_param_name
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from torch import Tensor, nn
+
+    from deltalens.hooks.cache import ActivationCache
+    from deltalens.hooks.model import HookedModel
+
+MODEL = "model"
+"""The study's label of which checkpoint a probe row belongs to (not declared by ``PROBES``):
+the default line grouping of :func:`probe_accuracy`."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -42,29 +54,78 @@ def _positions(positions: int | Sequence[int] | None, n: int) -> list[int]:
     return out
 
 
+def _top_rows(
+    tokenizer: Any, layer: int, pos: list[int], toks: list[str], top: Any, logits: Tensor
+) -> list[dict[str, Any]]:
+    """One row per (position, rank) of one layer's ``top`` = ``probs.topk(...)`` (``[pos, k]``)."""
+    from deltalens.viz.attention import str_tokens
+
+    rows = []
+    for i, p in enumerate(pos):
+        for r in range(top.indices.shape[1]):
+            tid = int(top.indices[i, r])
+            rows.append(
+                {
+                    "layer": layer,
+                    "position": p,
+                    "input_token": toks[p],
+                    "rank": r,
+                    "token_id": tid,
+                    "token": str_tokens(tokenizer, [tid])[0],
+                    "prob": float(top.values[i, r]),
+                    "logit": float(logits[i, tid]),
+                }
+            )
+    return rows
+
+
+def _lens_rows(
+    model: HookedModel,
+    cache: ActivationCache,
+    layers: list[int],
+    pos: list[int],
+    toks: list[str],
+    norm: nn.Module,
+    top_k: int,
+) -> list[dict[str, Any]]:
+    """Each layer's ``resid_post`` at ``pos`` through ``norm`` and the unembedding: its top-k rows."""
+    import torch
+
+    rows = []
+    w = next(norm.parameters())
+    with torch.inference_mode():
+        for layer in layers:
+            resid = cache[f"blocks.{layer}.hook_resid_post"][0][pos].to(device=w.device, dtype=w.dtype)
+            logits = model.unembed(norm(resid)).float()
+            probs = logits.softmax(-1)
+            top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+            rows.extend(_top_rows(model.tokenizer, layer, pos, toks, top, logits))
+    return rows
+
+
 def logit_lens(
-    model: Any,
+    model: HookedModel,
     prompt: str,
     *,
-    layers: Any = None,
+    layers: str | int | slice | Sequence[int] | None = None,
     positions: int | Sequence[int] | None = None,
     top_k: int = 5,
-    final_norm: Any = None,
+    final_norm: nn.Module | None = None,
     title: str | None = None,
 ) -> FigureView:
     """Top next-token predictions read off the residual stream after every layer.
 
     Each cached ``blocks.{L}.hook_resid_post`` goes through the model's final norm and its
     unembedding (``model.final_norm`` and ``model.unembed``); the last layer reproduces the model's
-    own logits. Works on both backends.
+    own logits (Gemma's final soft-capping included). Works on both backends.
 
     Args:
-        model: a ``HookedModel``.
+        model: the model to read.
         prompt: one text.
         layers: a layer spec (``None`` = all, an int, ``"a:b"``, ``"65-90%"``, a list).
         positions: prompt positions to read (default all; negative counts from the end).
         top_k: predictions kept per (layer, position) in ``.data``.
-        final_norm: override the final norm module (default: from the architecture's hook map).
+        final_norm: override the final norm module (default: ``model.final_norm``).
         title: heading.
 
     Returns:
@@ -75,11 +136,8 @@ def logit_lens(
     Example:
         >>> view = viz.logit_lens(model, "The capital of France is", positions=-1)
         >>> view.data.query("rank == 0")[["layer", "token", "prob"]]
-
-    Gotcha: Gemma's final logit soft-capping is applied too, so probabilities match the model's.
     """
     import pandas as pd
-    import torch
 
     from deltalens.hooks.names import parse_layers
     from deltalens.viz.attention import str_tokens
@@ -87,52 +145,23 @@ def logit_lens(
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     chosen = parse_layers(layers, model.n_layers)
-    names = [f"blocks.{layer}.hook_resid_post" for layer in chosen]
-    cache = model.run_with_cache(prompt, names=names)
+    cache = model.run_with_cache(prompt, names=[f"blocks.{layer}.hook_resid_post" for layer in chosen])
     ids = cache.input_ids[0]
-    n = int(ids.shape[0])
-    pos = _positions(positions, n)
+    pos = _positions(positions, int(ids.shape[0]))
     toks = str_tokens(model.tokenizer, ids.tolist())
     norm = final_norm if final_norm is not None else model.final_norm
-    rows = []
-    with torch.inference_mode():
-        for layer, name in zip(chosen, names):
-            w = next(norm.parameters())
-            logits = model.unembed(norm(cache[name][0][pos].to(device=w.device, dtype=w.dtype))).float()
-            probs = logits.softmax(-1)
-            top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-            for i, p in enumerate(pos):
-                for r in range(top.indices.shape[1]):
-                    tid = int(top.indices[i, r])
-                    rows.append(
-                        {
-                            "layer": layer,
-                            "position": p,
-                            "input_token": toks[p],
-                            "rank": r,
-                            "token_id": tid,
-                            "token": str_tokens(model.tokenizer, [tid])[0],
-                            "prob": float(top.values[i, r]),
-                            "logit": float(logits[i, tid]),
-                        }
-                    )
-    data = pd.DataFrame(rows)
+    data = pd.DataFrame(_lens_rows(model, cache, chosen, pos, toks, norm, top_k))
     fig, log = _lens_picture(data, chosen, pos, toks)
     prov = provenance_of(model)
     label = str((prov or {}).get("checkpoint") or (prov or {}).get("base") or "model")
-    return figure_view(
-        "logit_lens",
-        title or "Logit lens: top-1 next token after each layer",
-        data,
-        f"Prompt: {prompt!r}. Colour: probability of the top-1 token.",
-        fig,
-        log,
-        {"layers": chosen, "positions": pos, "top_k": top_k, "prompt": prompt},
-        provenance={label: prov} if prov else {},
-    )
+    title = title or "Logit lens: top-1 next token after each layer"
+    caption = f"Prompt: {prompt!r}. Colour: probability of the top-1 token."
+    params = {"layers": chosen, "positions": pos, "top_k": top_k, "prompt": prompt}
+    provenance = {label: prov} if prov else {}
+    return figure_view("logit_lens", title, data, caption, fig, log, params, provenance=provenance)
 
 
-def _lens_picture(data: Any, layers: list[int], pos: list[int], toks: list[str]) -> tuple[Any, SeriesLog]:
+def _lens_picture(data: pd.DataFrame, layers: list[int], pos: list[int], toks: list[str]) -> tuple[Any, SeriesLog]:
     import numpy as np
 
     top1 = data[data["rank"] == 0]
@@ -180,51 +209,48 @@ def probe_accuracy(
     *,
     x: str = "layer",
     y: str = "accuracy",
-    hue: str | None = "auto",
+    hue: str | None = MODEL,
     col: str | None = None,
     row: str | None = None,
-    err: str | None = "auto",
-    baseline: str | None = "auto",
+    err: str | None = None,
+    baseline: str | None = "random_accuracy",
     chance: float | None = None,
     select: Mapping[str, Any] | None = None,
     title: str = "Linear probe accuracy by layer",
 ) -> FigureView:
-    """Probe accuracy against layer, one line per model (or probe / concept).
+    """Probe accuracy against layer, one line per model.
 
     Args:
-        table: tidy table, one row per (layer, model, ...): columns ``layer``, ``accuracy`` and
-            optionally ``model`` / ``probe`` / ``concept``, ``accuracy_std``, ``chance``. The
-            ``probes`` module's tables (``ProbeResult.table`` or ``.summary()`` with a ``model``
-            column) work as they are; folds are averaged.
+        table: a ``PROBES`` table (``probes.probe_layers(...).table`` or ``.summary()``), plus any
+            label columns such as the study's ``model``; folds and other varying columns are
+            averaged (the caption says which).
         x, y: the layer and accuracy columns.
-        hue: the line grouping column; ``"auto"`` takes the first of ``model``, ``probe``,
-            ``concept``, ``label``, ``split``, ``hook`` that varies; ``None`` for one line.
+        hue: the line grouping column; the default ``"model"`` (the study's label) is used when
+            the table has it, else one line; ``None`` for one line.
         col, row: one panel per value of these columns (small multiples).
-        err: a standard-deviation column drawn as a band (``"auto"``: ``{y}_std`` if present).
-        baseline: a per-layer baseline drawn dashed (``"auto"``: ``random_accuracy``, the accuracy
-            along a random direction, if present; ``None`` omits it).
-        chance: a dotted chance line (default: the mean of a ``chance`` or ``majority_accuracy``
-            column if present).
-        select: keep rows where ``column == value``; other varying columns are averaged (the
-            caption says which).
+        err: a standard-deviation column drawn as a band (``None``: no band).
+        baseline: a per-layer baseline drawn dashed (default ``random_accuracy``, the accuracy
+            along a random direction; ``None`` omits it).
+        chance: a dotted chance line (default: the mean ``majority_accuracy``).
+        select: keep rows where ``column == value``.
         title: heading.
 
     Returns:
         A :class:`FigureView`; ``.series`` holds each line's ``(x, y)`` points.
 
+    Raises:
+        SchemaError: the table lacks a ``PROBES`` column.
+        ValueError: an argument names no column.
+
     Example:
-        >>> viz.probe_accuracy(probes_df, hue="model", chance=0.5).save("probes.png")
+        >>> viz.probe_accuracy(result.summary(), chance=0.5).save("probes.png")
     """
     what = "viz.probe_accuracy"
-    df = apply_select(as_frame(table, what), select, what)
-    hue = auto_column(df, hue, ("model", "probe", "concept", "label", "split", "hook"), varying=True) or (
-        auto_column(df, hue, ("model",))
-    )
-    err = auto_column(df, err, (f"{y}_std",))
-    baseline = auto_column(df, baseline, ("random_accuracy",))
+    df = schema_frame(table, PROBES, select, what)
+    check_columns(df, what, x=x, y=y, col=col, row=row, err=err, baseline=baseline)
+    hue = label_column(df, what, "hue", hue, MODEL)
     if chance is None:
-        chance_col = auto_column(df, "auto", ("chance", "majority_accuracy"))
-        chance = float(df[chance_col].mean()) if chance_col else None
+        chance = float(df["majority_accuracy"].mean())
     return line_view(
         "probe_accuracy", df, x=x, y=y, hue=hue, col=col, row=row, band=err, baseline=baseline,
         chance=chance, title=title, ylabel=y, ylim=None,
@@ -236,47 +262,47 @@ def activation_overlap(
     *,
     x: str = "layer",
     y: str = "mso",
-    baseline: str | None = "auto",
-    hue: str | None = "auto",
-    col: str | None = "auto",
-    row: str | None = "auto",
+    baseline: str | None = "baseline",
+    hue: str | None = "pair",
+    col: str | None = "eta",
+    row: str | None = "model",
     select: Mapping[str, Any] | None = None,
     title: str = "Activation subspace overlap (MSO) by layer",
 ) -> FigureView:
     """Per-layer MSO between activation subspaces, with the random baseline dashed.
 
     Args:
-        table: tidy table, one row per (layer, pair, ...): columns ``layer``, ``mso``, a random
-            baseline (``mso_random`` or ``baseline``) and a pair (``pair`` such as ``"U-H1"``, or
-            ``set_a``/``set_b``, or ``a``/``b``), optionally ``model``, ``energy_frac``/``eta``. The
-            ``probes.activation_overlap`` table works as it is: its per-layer rows
-            (``scope="layer"``) and uncentred rows are shown unless ``select`` says otherwise.
+        table: an ``ACTIVATION_OVERLAP`` table (``probes.activation_overlap``). Its per-layer
+            (``scope="layer"``) uncentred rows are shown unless ``select`` picks others; rows
+            without a layer are left out.
         x, y: the layer and MSO columns.
-        baseline: random-baseline column (``"auto"``: ``mso_random`` or ``baseline``; ``None`` omits it).
-        hue: line grouping (``"auto"``: the first of ``pair``, ``prompt_set``, ``model`` that varies).
-        col: panel columns (``"auto"``: ``energy_frac`` or ``eta`` if it varies; at most 4 values).
-        row: panel rows (``"auto"``: ``model`` if it varies and is not the hue).
+        baseline: random-baseline column (``None`` omits it).
+        hue: line grouping; the default ``"pair"`` is ``"{set_a}-{set_b}"`` (added when the table
+            has no ``pair`` column).
+        col: panel columns (default ``eta``; at most 4 values); ``None`` for one column.
+        row: panel rows (default ``model``); ``None`` for one row.
         select: e.g. ``{"eta": 0.5}``; other varying columns are averaged (see the caption).
         title: heading.
 
     Returns:
-        A :class:`FigureView`; ``.series`` holds ``"{hue}"`` and ``"{hue} (random baseline)"`` lines.
+        A :class:`FigureView`; ``.series`` holds ``"{hue}"`` and ``"{hue} (random baseline)"``
+        lines, ``panel`` = ``"model=…, eta=…"``.
+
+    Raises:
+        SchemaError: the table lacks an ``ACTIVATION_OVERLAP`` column.
+        ValueError: an argument names no column.
 
     Example:
         >>> viz.activation_overlap(act_df, select={"eta": [0.1, 0.5], "centered": True})
     """
     what = "viz.activation_overlap"
-    df = apply_select(as_frame(table, what), select, what)
+    df = schema_frame(table, ACTIVATION_OVERLAP, select, what)
     df, picked = default_rows(df, select, {"scope": "layer", "centered": False})
-    if x in df.columns:
-        df = df[df[x].notna()]
-    for a, b in (("set_a", "set_b"), ("a", "b")):
-        if "pair" not in df.columns and {a, b} <= set(df.columns):
-            df = df.assign(pair=df[a].astype(str) + "-" + df[b].astype(str))
-    baseline = auto_column(df, baseline, ("mso_random", "baseline"))
-    hue = auto_column(df, hue, ("pair",)) or auto_column(df, hue, ("prompt_set", "model"), varying=True)
-    col = auto_column(df, col, ("energy_frac", "eta"), varying=True)
-    row = auto_column(df, row, tuple(c for c in ("model",) if c != hue), varying=True)
+    check_columns(df, what, x=x, y=y, baseline=baseline)
+    df = df[df[x].notna()]
+    if "pair" not in df.columns:
+        df = df.assign(pair=df["set_a"].astype(str) + "-" + df["set_b"].astype(str))
+    check_columns(df, what, hue=hue, col=col, row=row)
     view = line_view(
         "activation_overlap", df, x=x, y=y, hue=hue, col=col, row=row, band=None, baseline=baseline,
         chance=None, title=title, ylabel="MSO", ylim=(0, 1.02), max_panels=4,
