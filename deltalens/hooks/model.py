@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -12,6 +12,7 @@ from torch import Tensor
 
 from deltalens.hooks.batch import Batch, HookFn
 from deltalens.hooks.cache import ActivationCache
+from deltalens.hooks.inputs import Inputs, Positions, as_dtype, check_ids, check_positions, encode
 from deltalens.hooks.names import NamesArg, all_hook_names, execution_order, resolve_names
 from deltalens.hooks.provenance import Provenance
 from deltalens.hooks.weights import (
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 
     from deltalens.hooks.backend import Backend
 
-Positions = None | Literal["last"] | int | slice
-Inputs = str | Sequence[str] | Tensor | Sequence[Sequence[int]]
 
 
 class HookHandle:
@@ -82,6 +81,10 @@ class HookedModel:
         self.n_layers: int = backend.n_layers
         self.d_model: int = getattr(cfg, "hidden_size", None) or cfg.n_embd
         self.n_heads: int = getattr(cfg, "num_attention_heads", None) or cfg.n_head
+        self.vocab_size: int = base_module(backend.hf_model).get_input_embeddings().num_embeddings
+        self.max_positions: int | None = getattr(cfg, "max_position_embeddings", None) or getattr(
+            cfg, "n_positions", None
+        )
         self.hook_names: list[str] = all_hook_names(self.n_layers)
         self._active: dict[int, dict[str, HookFn]] = {}
         self._next_key = 0
@@ -127,41 +130,9 @@ class HookedModel:
             attention_mask: with tensor inputs, ``[batch, pos]`` (default: all ones).
             padding_side: ``"left"`` / ``"right"`` (default: the tokenizer's).
         """
-        if isinstance(inputs, Tensor):
-            ids = inputs if inputs.ndim == 2 else inputs[None]
-            mask = attention_mask if attention_mask is not None else torch.ones_like(ids)
-        elif isinstance(inputs, str) or (
-            isinstance(inputs, Sequence) and len(inputs) > 0 and isinstance(inputs[0], str)
-        ):
-            texts = [inputs] if isinstance(inputs, str) else list(inputs)
-            old = self.tokenizer.padding_side
-            try:
-                if padding_side:
-                    self.tokenizer.padding_side = padding_side
-                enc = self.tokenizer(texts, padding=True, return_tensors="pt")
-            finally:
-                self.tokenizer.padding_side = old
-            ids, mask = enc["input_ids"], enc["attention_mask"]
-        elif isinstance(inputs, Sequence) and len(inputs) > 0:
-            rows = [list(map(int, r)) for r in inputs]
-            t = max(len(r) for r in rows)
-            side = padding_side or self.tokenizer.padding_side
-            pad = self.tokenizer.pad_token_id
-            ids = torch.full((len(rows), t), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), t), dtype=torch.long)
-            for i, r in enumerate(rows):
-                sl = slice(t - len(r), t) if side == "left" else slice(0, len(r))
-                ids[i, sl] = torch.tensor(r)
-                mask[i, sl] = 1
-        else:
-            raise TypeError(
-                f"inputs must be text, a list of texts, or token ids; got {type(inputs).__name__}"
-            )
-        if ids.shape[1] == 0:
-            raise ValueError("empty input: no tokens to run")
+        ids, mask = encode(self.tokenizer, inputs, attention_mask, padding_side)
         mask = mask.long()
-        if (mask.sum(-1) == 0).any():
-            raise ValueError("a row of the batch has no real token (its attention mask is all zeros)")
+        check_ids(ids, mask, self.vocab_size, self.max_positions)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         return Batch(
             ids.to(self._backend.device), mask.to(self._backend.device), pos.to(self._backend.device)
@@ -229,7 +200,7 @@ class HookedModel:
         inputs: Inputs,
         names: NamesArg = "blocks.*.hook_resid_post",
         positions: Positions = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         device: str | torch.device = "cpu",
         attention_mask: Tensor | None = None,
         return_logits: bool = False,
@@ -242,7 +213,7 @@ class HookedModel:
             positions: ``None`` (all, ``[batch, pos, d]``), ``"last"`` (last *real* token from the
                 attention mask, ``[batch, d]``), an int or a slice. ``attn.hook_pattern`` entries
                 always keep every position (``[batch, head, q, k]``).
-            dtype: cast cached tensors (e.g. ``torch.float16``); default keeps the model's.
+            dtype: cast cached tensors (``torch.float16`` or ``"float16"``); default keeps the model's.
             device: where cached tensors go (default CPU, detached).
 
         Returns:
@@ -251,6 +222,8 @@ class HookedModel:
         Raises:
             KeyError: an unknown hook name (the message lists the closest valid ones).
         """
+        check_positions(positions)
+        dtype = as_dtype(dtype)
         chosen = resolve_names(names, self.hook_names)
         batch = self.tokenize(inputs, attention_mask)
 
