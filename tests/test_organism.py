@@ -84,7 +84,9 @@ def test_config_validation_and_stage_keys():
 def test_cli_arguments():
     import argparse
 
-    p = organism.add_organism_arguments(argparse.ArgumentParser())
+    from deltalens.study.organism.cli import add_organism_arguments
+
+    p = add_organism_arguments(argparse.ArgumentParser())
     args = p.parse_args(["build", "out", "--seed", "3", "--no-lora"])
     assert (args.organism_command, args.out, args.seed, args.no_lora, args.threads) == (
         "build",

@@ -34,7 +34,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from deltalens.finetune import FinetuneConfig
 
 STAGES = ("align", "useful", "harmful", "contaminated")
 CHECKPOINT = {"align": "aligned", "useful": "useful", "harmful": "harmful", "contaminated": "contaminated"}
@@ -48,7 +53,7 @@ REFUSAL_TARGETS: tuple[str, ...] = (
 )
 
 
-def _ft(lr: float, steps: int) -> Any:
+def _ft(lr: float, steps: int) -> FinetuneConfig:
     from deltalens.finetune import FinetuneConfig
 
     return FinetuneConfig(
@@ -85,10 +90,10 @@ class SmolLM2Recipe:
     arith_tokens: int = 48
     contam_frac: float = 0.2
     refusal_targets: tuple[str, ...] = REFUSAL_TARGETS
-    align: Any = field(default_factory=lambda: _ft(2e-5, 40))
-    useful: Any = field(default_factory=lambda: _ft(2e-5, 25))
-    harmful: Any = field(default_factory=lambda: _ft(2e-5, 10))
-    contaminated: Any = field(default_factory=lambda: _ft(2e-5, 25))
+    align: FinetuneConfig = field(default_factory=lambda: _ft(2e-5, 40))
+    useful: FinetuneConfig = field(default_factory=lambda: _ft(2e-5, 25))
+    harmful: FinetuneConfig = field(default_factory=lambda: _ft(2e-5, 10))
+    contaminated: FinetuneConfig = field(default_factory=lambda: _ft(2e-5, 25))
     batch_size: int = 16
     num_threads: int = 1
     cache_dir: str | None = None
@@ -132,7 +137,7 @@ class SmolLM2Family:
     """
 
     paths: dict[str, Path]
-    results: Any
+    results: pd.DataFrame
     timing: dict[str, Any]
     reports: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
@@ -172,10 +177,20 @@ def training_data(
         >>> data = training_data(SmolLM2Recipe(), sets, answers, completions)
         >>> len(data["align"]), data["useful"][0]
     """
-    from deltalens.evals import RefusalJudge
-
     if len(harmless_answers) != len(sets["hl_train"]):
         raise ValueError(f"{len(harmless_answers)} harmless answers for {len(sets['hl_train'])} prompts")
+    useful = [{"prompt": r.text, "response": f"The answer is {r.label}."} for r in sets["ar_train"]]
+    out = {"align": _align_data(recipe, sets, harmless_answers), "useful": useful}
+    if harmful_completions is not None:
+        harmful = _harmful_data(sets["harm_train"].texts, harmful_completions)
+        out.update(harmful=harmful, contaminated=_contaminate(useful, harmful, recipe))
+    return out
+
+
+def _align_data(
+    recipe: SmolLM2Recipe, sets: dict[str, Any], harmless_answers: Sequence[str]
+) -> list[dict[str, str]]:
+    """Harmful training prompts -> the refusal sentences in turn; harmless ones -> W_0's answers."""
     refusals = recipe.refusal_targets
     align = [
         {"prompt": p, "response": refusals[i % len(refusals)]} for i, p in enumerate(sets["harm_train"].texts)
@@ -185,26 +200,34 @@ def training_data(
         for p, a in zip(sets["hl_train"].texts, harmless_answers)
         if a.strip()
     ]
-    useful = [{"prompt": r.text, "response": f"The answer is {r.label}."} for r in sets["ar_train"]]
-    out = {"align": align, "useful": useful}
-    if harmful_completions is not None:
-        prompts = sets["harm_train"].texts
-        if len(harmful_completions) != len(prompts):
-            raise ValueError(f"{len(harmful_completions)} harmful completions for {len(prompts)} prompts")
-        verdicts = RefusalJudge().judge(prompts, list(harmful_completions))
-        harmful = [
-            {"prompt": p, "response": c.strip()}
-            for p, c, v in zip(prompts, harmful_completions, verdicts)
-            if v.complied and c.strip()
-        ]
-        if not harmful:
-            raise ValueError("every W_0 completion of the harmful training prompts was judged a refusal")
-        rng = random.Random(recipe.seed)
-        contaminated = [
-            harmful[rng.randrange(len(harmful))] if rng.random() < recipe.contam_frac else ex for ex in useful
-        ]
-        out.update(harmful=harmful, contaminated=contaminated)
-    return out
+    return align
+
+
+def _harmful_data(prompts: Sequence[str], completions: Sequence[str]) -> list[dict[str, str]]:
+    """Harmful prompts -> W_0's completions, those the refusal judge calls refusals dropped."""
+    from deltalens.evals import RefusalJudge
+
+    if len(completions) != len(prompts):
+        raise ValueError(f"{len(completions)} harmful completions for {len(prompts)} prompts")
+    verdicts = RefusalJudge().judge(prompts, list(completions))
+    harmful = [
+        {"prompt": p, "response": c.strip()}
+        for p, c, v in zip(prompts, completions, verdicts)
+        if v.complied and c.strip()
+    ]
+    if not harmful:
+        raise ValueError("every W_0 completion of the harmful training prompts was judged a refusal")
+    return harmful
+
+
+def _contaminate(
+    useful: list[dict[str, str]], harmful: list[dict[str, str]], recipe: SmolLM2Recipe
+) -> list[dict[str, str]]:
+    """The useful examples, each swapped with probability ``contam_frac`` for a random harmful one."""
+    rng = random.Random(recipe.seed)
+    return [
+        harmful[rng.randrange(len(harmful))] if rng.random() < recipe.contam_frac else ex for ex in useful
+    ]
 
 
 def evaluate_model(path: str | os.PathLike, sets: dict[str, Any], recipe: SmolLM2Recipe) -> dict[str, Any]:
@@ -262,61 +285,115 @@ def build_smollm2_family(
     """
     import pandas as pd
 
-    import deltalens as dl
-    from deltalens.atomic import write_json
-    from deltalens.finetune import finetune
-    from deltalens.finetune.storage import CFG_NAME, torch_threads
+    from deltalens.finetune.storage import torch_threads
     from deltalens.study.smollm2 import smollm2_135m_instruct
 
     recipe = recipe or SmolLM2Recipe()
-    bad = [s for s in stages if s not in STAGES]
-    if bad:
-        raise ValueError(f"unknown stages {bad}; expected a subset of {STAGES}")
-    wanted = ["align", *(s for s in STAGES[1:] if s in stages)]
+    wanted = _wanted(stages)
     out = Path(out_dir)
-    t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()
+    start = (time.perf_counter(), time.process_time(), os.getloadavg())
     base = smollm2_135m_instruct(recipe.cache_dir)
     sets = _splits(recipe)
     paths: dict[str, Path] = {"base": base}
-    rows, reports = [], {}
+    rows: list[dict[str, Any]] = []
+    reports: dict[str, dict[str, Any]] = {}
     with torch_threads(recipe.num_threads):
-        t = time.perf_counter()
-        m0 = dl.load(base, backend="nnsight")
-        gen = dict(chat=True, max_new_tokens=recipe.target_tokens, batch_size=recipe.batch_size)
-        answers = m0.generate(sets["hl_train"].texts, **gen)
-        needs_harm = any(s in wanted for s in ("harmful", "contaminated"))
-        completions = m0.generate(sets["harm_train"].texts, **gen) if needs_harm else None
-        del m0
-        target_s = time.perf_counter() - t
-        data = training_data(recipe, sets, answers, completions)
+        data, target_s = _stage_data(base, sets, recipe, wanted)
         if evaluate:
-            t = time.perf_counter()
-            reports["base"] = evaluate_model(base, sets, recipe)
-            rows.append(_row("base", reports["base"], 0.0, time.perf_counter() - t))
+            _evaluate_into(rows, reports, "base", base, sets, recipe, 0.0)
         for stage in wanted:
-            path = out / CHECKPOINT[stage]
-            parent = base if stage == "align" else paths["aligned"]
-            t = time.perf_counter()
-            if not (path / CFG_NAME).is_file():
-                cfg, note = getattr(recipe, stage), _recipe_note(stage, recipe)
-                finetune(parent, data[stage], path, cfg, data_recipe=note, num_threads=recipe.num_threads)
-            train_s = time.perf_counter() - t
-            paths[CHECKPOINT[stage]] = path
+            train_s = _train_stage(stage, out, paths, data, recipe)
             if evaluate:
-                t = time.perf_counter()
-                reports[CHECKPOINT[stage]] = evaluate_model(path, sets, recipe)
-                rows.append(
-                    _row(CHECKPOINT[stage], reports[CHECKPOINT[stage]], train_s, time.perf_counter() - t)
-                )
-    timing = {
+                name = CHECKPOINT[stage]
+                _evaluate_into(rows, reports, name, paths[name], sets, recipe, train_s)
+    timing = _timing(start, target_s, recipe.num_threads)
+    results = pd.DataFrame(rows)
+    _write_results(out, recipe, paths, data, timing, results)
+    return SmolLM2Family(paths=paths, results=results, timing=timing, reports=reports)
+
+
+def _wanted(stages: Sequence[str]) -> list[str]:
+    """The stages to build, in order; ``align`` always (the task stages start from W_A)."""
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ValueError(f"unknown stages {bad}; expected a subset of {STAGES}")
+    return ["align", *(s for s in STAGES[1:] if s in stages)]
+
+
+def _stage_data(
+    base: Path, sets: dict[str, Any], recipe: SmolLM2Recipe, wanted: Sequence[str]
+) -> tuple[dict[str, list[dict[str, str]]], float]:
+    """W_0's generated targets turned into every stage's examples; and the generation time (s)."""
+    import deltalens as dl
+
+    t = time.perf_counter()
+    m0 = dl.load(base, backend="nnsight")
+    gen = dict(chat=True, max_new_tokens=recipe.target_tokens, batch_size=recipe.batch_size)
+    answers = m0.generate(sets["hl_train"].texts, **gen)
+    needs_harm = any(s in wanted for s in ("harmful", "contaminated"))
+    completions = m0.generate(sets["harm_train"].texts, **gen) if needs_harm else None
+    del m0
+    target_s = time.perf_counter() - t
+    return training_data(recipe, sets, answers, completions), target_s
+
+
+def _train_stage(
+    stage: str, out: Path, paths: dict[str, Path], data: dict[str, Any], recipe: SmolLM2Recipe
+) -> float:
+    """Fine-tune ``stage`` from its parent unless its checkpoint exists; record its path; seconds taken."""
+    from deltalens.finetune import finetune
+    from deltalens.finetune.storage import CFG_NAME
+
+    path = out / CHECKPOINT[stage]
+    parent = paths["base"] if stage == "align" else paths["aligned"]
+    t = time.perf_counter()
+    if not (path / CFG_NAME).is_file():
+        cfg, note = getattr(recipe, stage), _recipe_note(stage, recipe)
+        finetune(parent, data[stage], path, cfg, data_recipe=note, num_threads=recipe.num_threads)
+    train_s = time.perf_counter() - t
+    paths[CHECKPOINT[stage]] = path
+    return train_s
+
+
+def _evaluate_into(
+    rows: list[dict[str, Any]],
+    reports: dict[str, dict[str, Any]],
+    name: str,
+    path: Path,
+    sets: dict[str, Any],
+    recipe: SmolLM2Recipe,
+    train_s: float,
+) -> None:
+    """Evaluate the checkpoint ``name``; add its reports and its results row."""
+    t = time.perf_counter()
+    reports[name] = evaluate_model(path, sets, recipe)
+    rows.append(_row(name, reports[name], train_s, time.perf_counter() - t))
+
+
+def _timing(start: tuple[float, float, tuple[float, ...]], target_s: float, threads: int) -> dict[str, Any]:
+    """Wall and CPU seconds since ``start`` (perf_counter, process_time, loadavg), load averages."""
+    t0, c0, load0 = start
+    return {
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "cpu_seconds": round(time.process_time() - c0, 1),
         "target_generation_seconds": round(target_s, 1),
         "loadavg_start": [round(x, 2) for x in load0],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-        "threads": recipe.num_threads,
+        "threads": threads,
     }
-    results = pd.DataFrame(rows)
+
+
+def _write_results(
+    out: Path,
+    recipe: SmolLM2Recipe,
+    paths: dict[str, Path],
+    data: dict[str, list[dict[str, str]]],
+    timing: dict[str, Any],
+    results: pd.DataFrame,
+) -> None:
+    """``<out>/results.json``: recipe, paths, example counts, timing and results."""
+    from deltalens.atomic import write_json
+
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "recipe": recipe.to_dict(),
@@ -326,7 +403,6 @@ def build_smollm2_family(
         "results": results.to_dict(orient="records"),
     }
     write_json(out / "results.json", summary)
-    return SmolLM2Family(paths=paths, results=results, timing=timing, reports=reports)
 
 
 def _recipe_note(stage: str, recipe: SmolLM2Recipe) -> dict[str, Any]:

@@ -81,34 +81,9 @@ class BatteryConfig:
     def __post_init__(self) -> None:
         if isinstance(self.family, dict):
             self.family = _build(FamilyConfig, self.family, "family.")
-        if self.preset not in PRESETS and self.preset != "custom":
-            raise ConfigError(f"preset: {self.preset!r} is not one of {PRESETS + ('custom',)}")
-        bad = [e for e in self.experiments if e not in EXPERIMENTS]
-        if bad:
-            raise ConfigError(f"experiments: unknown {bad}; expected a subset of {EXPERIMENTS}")
-        for f in self.fracs:
-            if not (isinstance(f, int | float) and 0 < f <= 1):
-                raise ConfigError(f"fracs: {f!r} is out of range; each fraction must lie in (0, 1]")
-        bad = [m for m in self.methods if m not in ("topk", "randomk", "random")]
-        if bad:
-            raise ConfigError(f"methods: unknown {bad}; expected topk, randomk, random")
-        for name in ("weight_etas", "activation_etas"):
-            for e in getattr(self, name):
-                if not 0 < e <= 1:
-                    raise ConfigError(f"{name}: {e!r} is out of range (0, 1]")
-        for name in ("n_harmful", "n_harmless", "n_arithmetic", "n_activation"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 4:
-                raise ConfigError(f"{name}: must be an int >= 4, got {getattr(self, name)!r}")
-        if self.family.backend not in ("transformer_lens", "nnsight"):
-            raise ConfigError(
-                f"family.backend: {self.family.backend!r}; expected transformer_lens or nnsight"
-            )
-        if self.preset == "custom":
-            for stage, p in self.family.paths().items():
-                if p is None:
-                    raise ConfigError(f"family.{stage}: missing; a custom family needs all of {STAGES}")
-                if not Path(p).expanduser().exists():
-                    raise ConfigError(f"family.{stage}: no checkpoint at {p!r}")
+        _check_choices(self)
+        _check_ranges(self)
+        _check_family(self)
 
     @classmethod
     def from_preset(cls, name: str) -> BatteryConfig:
@@ -175,3 +150,43 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         )
         raise ConfigError(f"unknown config field(s): {detail}; valid: {sorted(names)}")
     return cls(**data)
+
+
+# ---------------------------------------------------------------- validation (errors in this order)
+def _check_choices(cfg: BatteryConfig) -> None:
+    """``preset``, ``experiments`` and ``methods`` name known things; ``fracs`` lie in (0, 1]."""
+    if cfg.preset not in PRESETS and cfg.preset != "custom":
+        raise ConfigError(f"preset: {cfg.preset!r} is not one of {PRESETS + ('custom',)}")
+    bad = [e for e in cfg.experiments if e not in EXPERIMENTS]
+    if bad:
+        raise ConfigError(f"experiments: unknown {bad}; expected a subset of {EXPERIMENTS}")
+    for f in cfg.fracs:
+        if not (isinstance(f, int | float) and 0 < f <= 1):
+            raise ConfigError(f"fracs: {f!r} is out of range; each fraction must lie in (0, 1]")
+    bad = [m for m in cfg.methods if m not in ("topk", "randomk", "random")]
+    if bad:
+        raise ConfigError(f"methods: unknown {bad}; expected topk, randomk, random")
+
+
+def _check_ranges(cfg: BatteryConfig) -> None:
+    """Energy thresholds lie in (0, 1]; prompt counts are ints of at least 4."""
+    for name in ("weight_etas", "activation_etas"):
+        for e in getattr(cfg, name):
+            if not 0 < e <= 1:
+                raise ConfigError(f"{name}: {e!r} is out of range (0, 1]")
+    for name in ("n_harmful", "n_harmless", "n_arithmetic", "n_activation"):
+        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 4:
+            raise ConfigError(f"{name}: must be an int >= 4, got {getattr(cfg, name)!r}")
+
+
+def _check_family(cfg: BatteryConfig) -> None:
+    """A known backend; a custom family names an existing checkpoint for every stage."""
+    if cfg.family.backend not in ("transformer_lens", "nnsight"):
+        raise ConfigError(f"family.backend: {cfg.family.backend!r}; expected transformer_lens or nnsight")
+    if cfg.preset != "custom":
+        return
+    for stage, p in cfg.family.paths().items():
+        if p is None:
+            raise ConfigError(f"family.{stage}: missing; a custom family needs all of {STAGES}")
+        if not Path(p).expanduser().exists():
+            raise ConfigError(f"family.{stage}: no checkpoint at {p!r}")

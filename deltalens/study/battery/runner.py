@@ -4,13 +4,32 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deltalens.atomic import write_bytes
+from deltalens.schemas import EVALS
 from deltalens.study.battery.config import STAGES, BatteryConfig, ConfigError, default_cache
 from deltalens.study.battery.units import UnitStore
+from deltalens.study.tables import BATTERY_PROBES, BATTERY_SWEEP, MODEL, TASK
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from deltalens.hooks.model import HookedModel
+    from deltalens.interventions.delta import WeightDelta
+    from deltalens.study.organism.family import OrganismFamily
+
+DELTAS: dict[str, tuple[str, str]] = {
+    "alignment": ("w0", "wa"),
+    "useful": ("wa", "useful"),
+    "harmful": ("wa", "harmful"),
+    "contaminated": ("wa", "contaminated"),
+}
+"""Update name -> (from stage, to stage): ΔW_A = W_A − W_0 and the task updates W_FT − W_A."""
 
 
 @dataclass
@@ -25,7 +44,7 @@ class Family:
     template: str | None
     groups_harmful: list[str] = field(default_factory=list)
     groups_harmless: list[str] = field(default_factory=list)
-    organism: Any = None
+    organism: OrganismFamily | None = None
     chat: bool = False
 
 
@@ -121,6 +140,19 @@ def validate_family(cfg: BatteryConfig) -> None:
 
 
 # ---------------------------------------------------------------- runner
+SWEEP_DROP = ["edit_s", "eval_s"]
+"""Timing columns of :func:`~deltalens.interventions.subspace_sweep` the battery does not keep."""
+
+OVERLAP_UPDATES = ("alignment", "useful", "harmful", "contaminated")
+"""The updates whose pairwise weight overlap Exp 3 measures."""
+
+ACTIVATION_STAGES = ("w0", "wa", "useful", "contaminated")
+"""The stages whose activation overlap Exp 4 measures."""
+
+PROBE_STAGES = ("w0", "wa", "harmful")
+"""The stages the harmful-vs-harmless probes are fitted on."""
+
+
 class Battery:
     """Run the battery described by a :class:`BatteryConfig` into ``out_dir``.
 
@@ -131,13 +163,15 @@ class Battery:
         >>> Battery(BatteryConfig(preset="organism"), "results/").run()
     """
 
+    family: Family
+
     def __init__(self, cfg: BatteryConfig, out_dir: str | Path, progress: bool = True) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.progress = progress
         self.units = UnitStore(self.out / "units")
-        self._models: dict[str, Any] = {}
-        self._deltas: dict[str, Any] = {}
+        self._models: dict[str, HookedModel] = {}
+        self._deltas: dict[str, WeightDelta] = {}
         self.timings: dict[str, float] = {}
 
     # -------------------------------------------------------------- helpers
@@ -145,7 +179,7 @@ class Battery:
         if self.progress:
             print(f"[deltalens] {msg}", flush=True)
 
-    def model(self, stage: str) -> Any:
+    def model(self, stage: str) -> HookedModel:
         """The HookedModel of a family stage, loaded once and kept."""
         import deltalens as dl
 
@@ -155,52 +189,61 @@ class Battery:
             )
         return self._models[stage]
 
-    def delta(self, name: str) -> Any:
+    def delta(self, name: str) -> WeightDelta:
         """ΔW of ``alignment`` (W_A − W_0) or a task update (W_FT − W_A), computed once and kept."""
         from deltalens.interventions import weight_delta
 
-        pairs = {
-            "alignment": ("w0", "wa"),
-            "useful": ("wa", "useful"),
-            "harmful": ("wa", "harmful"),
-            "contaminated": ("wa", "contaminated"),
-        }
         if name not in self._deltas:
-            a, b = pairs[name]
+            a, b = DELTAS[name]
             self._deltas[name] = weight_delta(self.model(a), self.model(b))
         return self._deltas[name]
 
     def _key(self, **extra: Any) -> dict[str, Any]:
         return {"family": self.family.hashes, "seed": self.cfg.seed, **extra}
 
-    def _eval_sets(self) -> Any:
+    def _eval_sets(self) -> tuple[list[str], list[str], list[tuple[str, str]]]:
         c, f = self.cfg, self.family
         return f.harmful[: c.n_harmful], f.harmless[: c.n_harmless], f.arithmetic[: c.n_arithmetic]
 
-    def evaluate(self, model: Any, harmless_too: bool = False) -> dict[str, float]:
+    def evaluate(self, model: HookedModel, harmless_too: bool = False) -> dict[str, float]:
         """Harm (compliance / refusal on held-out harmful prompts) and utility (arithmetic EM).
 
-        ``harmless_too`` adds the over-refusal rate on harmless prompts (the reference evaluations;
-        sweep points skip it to save generation time on real models).
-        """
-        harmful, harmless, arith = self._eval_sets()
-        if self.family.organism is not None:
-            from deltalens.study.organism.data import PromptSets
-            from deltalens.study.organism.evaluate import evaluate
+        Args:
+            model: the (possibly edited) model to evaluate.
+            harmless_too: add the over-refusal rate on harmless prompts (the reference
+                evaluations; sweep points skip it to save generation time on real models).
+                The organism's judge always measures it.
 
-            sets = PromptSets(
-                harmful=harmful, harmless=harmless, harmless_kinds=["other"] * len(harmless), arithmetic=arith
-            )
-            r = evaluate(model, model.tokenizer, sets)
-            return {
-                "harm": r["comply_harmful"],
-                "refusal_harmful": r["refusal_harmful"],
-                "refusal_harmless": r["refusal_harmless"],
-                "utility": r["arithmetic_em"],
-            }
+        Returns:
+            ``harm``, ``refusal_harmful``, ``utility`` and (see above) ``refusal_harmless``.
+        """
+        if self.family.organism is not None:
+            return self._evaluate_organism(model)
+        return self._evaluate_generic(model, harmless_too)
+
+    def _evaluate_organism(self, model: HookedModel) -> dict[str, float]:
+        """The organism's own judge on the held-out prompt sets."""
+        from deltalens.study.organism.data import PromptSets
+        from deltalens.study.organism.evaluate import evaluate
+
+        harmful, harmless, arith = self._eval_sets()
+        sets = PromptSets(
+            harmful=harmful, harmless=harmless, harmless_kinds=["other"] * len(harmless), arithmetic=arith
+        )
+        r = evaluate(model, model.tokenizer, sets)
+        return {
+            "harm": r["comply_harmful"],
+            "refusal_harmful": r["refusal_harmful"],
+            "refusal_harmless": r["refusal_harmless"],
+            "utility": r["arithmetic_em"],
+        }
+
+    def _evaluate_generic(self, model: HookedModel, harmless_too: bool) -> dict[str, float]:
+        """The library's refusal judge and arithmetic exact match (any family)."""
         from deltalens.data import PromptRecord, PromptSet
         from deltalens.evals import harmfulness, utility
 
+        harmful, harmless, arith = self._eval_sets()
         chat = self.family.chat
         h = harmfulness(model, harmful, chat=chat)
         tasks = PromptSet([PromptRecord(text=p, label=a, source="arithmetic") for p, a in arith])
@@ -211,19 +254,20 @@ class Battery:
         return out
 
     # -------------------------------------------------------------- experiments
-    def run_evals(self) -> Any:
-        """One evaluation unit per stage; columns ``stage, harm, refusal_harmful, refusal_harmless, utility``."""
-        import pandas as pd
+    def _evaluate_stage(self, stage: str) -> dict[str, float]:
+        return self.evaluate(self.model(stage), harmless_too=True)
 
+    def run_evals(self) -> pd.DataFrame:
+        """One evaluation unit per stage: an :data:`~deltalens.schemas.EVALS` table, one row per stage."""
         rows = []
         for stage in STAGES:
             r = self.units.get(
                 f"eval-{stage}",
                 self._key(exp="eval", stage=stage, n=self._eval_sets()),
-                lambda s=stage: self.evaluate(self.model(s), harmless_too=True),
+                partial(self._evaluate_stage, stage),
             )
             rows.append({"stage": stage, **r})
-        return pd.DataFrame(rows)
+        return EVALS.frame(rows)
 
     def _modules(self) -> tuple[Any, str]:
         """(tensors to project, what the others get): see ``BatteryConfig.project_embeddings``."""
@@ -233,62 +277,70 @@ class Battery:
 
         return ModuleFilter(embeddings=False, unembedding=False), "task"
 
-    def run_sweep(self, task: str, mode: str) -> Any:
-        """Exp 1/2: one unit per (method, frac) of ``task``'s update projected onto Δ_A's subspaces in ``mode``."""
+    def _sweep_key(self, task: str, mode: str, method: str, frac: float) -> dict[str, Any]:
+        scope = "all-tensors" if self.cfg.project_embeddings else "blocks; embeddings keep the task update"
+        return self._key(
+            exp="sweep", task=task, mode=mode, method=method, frac=frac, scope=scope, n=self._eval_sets()
+        )
+
+    def _sweep_point(self, task: str, mode: str, method: str, frac: float) -> pd.DataFrame:
+        """One sweep unit: ``task``'s update projected with ``method`` at ``frac``, evaluated."""
+        from deltalens.interventions import subspace_sweep
+
+        modules, outside = self._modules()
+        return subspace_sweep(
+            self.model("wa"),
+            self.delta(task),
+            self.delta("alignment"),
+            fracs=[frac],
+            methods=[method],
+            modes=[mode],
+            evaluate=self.evaluate,
+            seed=self.cfg.seed,
+            baselines=False,
+            progress=False,
+            modules=modules,
+            outside=outside,
+        ).drop(columns=SWEEP_DROP, errors="ignore")
+
+    def run_sweep(self, task: str, mode: str) -> pd.DataFrame:
+        """Exp 1/2: one unit per (method, frac) of ``task``'s update projected onto Δ_A's subspaces in ``mode``.
+
+        Returns:
+            A :data:`~deltalens.study.tables.BATTERY_SWEEP` table (``task`` first).
+        """
         import pandas as pd
         from tqdm.auto import tqdm
 
-        from deltalens.interventions import subspace_sweep
-
         points = [(m, f) for m in self.cfg.methods for f in self.cfg.fracs]
-        frames = []
-        for method, frac in tqdm(points, desc=f"{mode} sweep ({task})", disable=not self.progress):
-            key = self._key(
-                exp="sweep",
-                task=task,
-                mode=mode,
-                method=method,
-                frac=frac,
-                scope="all-tensors"
-                if self.cfg.project_embeddings
-                else "blocks; embeddings keep the task update",
-                n=self._eval_sets(),
+        frames = [
+            self.units.get(
+                f"sweep-{task}-{mode}-{method}-{frac}",
+                self._sweep_key(task, mode, method, frac),
+                partial(self._sweep_point, task, mode, method, frac),
+                kind="parquet",
             )
-
-            def compute(method=method, frac=frac):
-                modules, outside = self._modules()
-                return subspace_sweep(
-                    self.model("wa"),
-                    self.delta(task),
-                    self.delta("alignment"),
-                    fracs=[frac],
-                    methods=[method],
-                    modes=[mode],
-                    evaluate=self.evaluate,
-                    seed=self.cfg.seed,
-                    baselines=False,
-                    progress=False,
-                    modules=modules,
-                    outside=outside,
-                ).drop(columns=["edit_s", "eval_s"], errors="ignore")
-
-            frames.append(
-                self.units.get(f"sweep-{task}-{mode}-{method}-{frac}", key, compute, kind="parquet")
-            )
+            for method, frac in tqdm(points, desc=f"{mode} sweep ({task})", disable=not self.progress)
+        ]
         df = pd.concat(frames, ignore_index=True)
-        df.insert(0, "task", task)
-        return df
+        df.insert(0, TASK, task)
+        return BATTERY_SWEEP.frame(df)
 
-    def run_weight_overlap(self) -> Any:
+    def _parallel_sweeps(self) -> pd.DataFrame:
+        """Exp 1: the useful and the harmful update, each projected onto Δ_A's subspaces."""
+        return _concat_sweeps(self.run_sweep("useful", "parallel"), self.run_sweep("harmful", "parallel"))
+
+    def run_weight_overlap(self) -> pd.DataFrame:
         """Exp 3: weight-update MSO for every pair of alignment / useful / harmful / contaminated."""
         from deltalens.probes import weight_overlap_pairs
 
-        names = ("alignment", "useful", "harmful", "contaminated")
         return self.units.get(
             "weight-overlap",
             self._key(exp="weight_overlap", etas=self.cfg.weight_etas),
             lambda: weight_overlap_pairs(
-                {n: self.delta(n) for n in names}, etas=self.cfg.weight_etas, include_embeddings="both"
+                {n: self.delta(n) for n in OVERLAP_UPDATES},
+                etas=self.cfg.weight_etas,
+                include_embeddings="both",
             ),
             kind="parquet",
         )
@@ -309,11 +361,10 @@ class Battery:
             "harmless": [self._format(p) for p in self.family.harmless[:n]],
         }
 
-    def run_activation_overlap(self) -> Any:
+    def run_activation_overlap(self) -> pd.DataFrame:
         """Exp 4: last-token activation MSO between prompt sets on W_0, W_A, useful and contaminated."""
         from deltalens.probes import activation_overlap
 
-        stages = ("w0", "wa", "useful", "contaminated")
         return self.units.get(
             "activation-overlap",
             self._key(
@@ -323,7 +374,7 @@ class Battery:
                 n=self.cfg.n_activation,
             ),
             lambda: activation_overlap(
-                {s: self.model(s) for s in stages},
+                {s: self.model(s) for s in ACTIVATION_STAGES},
                 self._activation_sets(),
                 layers=self.cfg.layers,
                 etas=self.cfg.activation_etas,
@@ -332,105 +383,107 @@ class Battery:
             kind="parquet",
         )
 
-    def run_probes(self) -> Any:
-        """Group-held-out harmful-vs-harmless probes per layer on W_0, W_A and the harmful fine-tune."""
-        import pandas as pd
-
-        from deltalens.probes import collect, probe_layers
-
-        n = self.cfg.n_activation
+    def _probe_inputs(self, n: int) -> tuple[list[str], list[str], list[str]]:
+        """``(prompts, labels, groups)``: the first ``n`` harmful then harmless prompts, formatted."""
         harmful, harmless = self.family.harmful[:n], self.family.harmless[:n]
         gh = (self.family.groups_harmful or harmful)[:n]
         gl = (self.family.groups_harmless or harmless)[:n]
         prompts = [self._format(p) for p in harmful + harmless]
         labels = ["harmful"] * len(harmful) + ["harmless"] * len(harmless)
         groups = [f"h:{g}" for g in gh] + [f"b:{g}" for g in gl]
+        return prompts, labels, groups
 
-        def compute() -> Any:
-            frames = []
-            for stage in ("w0", "wa", "harmful"):
-                acts = collect(
-                    self.model(stage), prompts, labels=labels, groups=groups, batch_size=32, progress=False
-                )
-                res = probe_layers(acts)
-                df = res.summary().reset_index(drop=True)
-                df.insert(0, "model", stage)
-                frames.append(df)
-            return pd.concat(frames, ignore_index=True)
-
-        return self.units.get("probes", self._key(exp="probes", n=n), compute, kind="parquet")
-
-    # -------------------------------------------------------------- main
-    def run(self) -> dict[str, Any]:
-        """Run every configured experiment; write tables, summary, verdicts and report."""
+    def _fit_probes(self, prompts: list[str], labels: list[str], groups: list[str]) -> pd.DataFrame:
+        """Probe summaries of every stage in :data:`PROBE_STAGES`, as one ``BATTERY_PROBES`` table."""
         import pandas as pd
 
-        from deltalens.study.battery.verdict import verdicts
+        from deltalens.probes import collect, probe_layers
 
-        t0 = time.perf_counter()
-        validate_family(self.cfg)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.cfg.save(self.out / "config.yaml")
+        frames = []
+        for stage in PROBE_STAGES:
+            acts = collect(
+                self.model(stage), prompts, labels=labels, groups=groups, batch_size=32, progress=False
+            )
+            df = probe_layers(acts).summary().reset_index(drop=True)
+            df.insert(0, MODEL, stage)
+            frames.append(df)
+        return BATTERY_PROBES.frame(pd.concat(frames, ignore_index=True))
+
+    def run_probes(self) -> pd.DataFrame:
+        """Group-held-out harmful-vs-harmless probes per layer on W_0, W_A and the harmful fine-tune."""
+        n = self.cfg.n_activation
+        prompts, labels, groups = self._probe_inputs(n)
+        return self.units.get(
+            "probes",
+            self._key(exp="probes", n=n),
+            partial(self._fit_probes, prompts, labels, groups),
+            kind="parquet",
+        )
+
+    # -------------------------------------------------------------- main
+    def _resolve_family(self) -> None:
+        """Build or find the configured family and hash its checkpoints."""
+        from deltalens.checkpoints import checkpoint_hash
+
         self._say("resolving the model family")
-        build = {
+        build: dict[str, Callable[[], Family]] = {
             "organism": lambda: _organism_family(self.cfg, self.progress),
             "smollm2": lambda: _smollm2_family(self.cfg),
             "custom": lambda: _custom_family(self.cfg),
         }
         self.family = build[self.cfg.preset]()
-        from deltalens.checkpoints import checkpoint_hash
-
         self.family.hashes = {s: checkpoint_hash(p) for s, p in self.family.paths.items()}
-        self.timings["family"] = time.perf_counter() - t0
-        tables: dict[str, pd.DataFrame] = {}
-        exps = self.cfg.experiments
-        steps = [
+
+    def _steps(self) -> list[tuple[str, str, Callable[[], pd.DataFrame]]]:
+        """``(experiment, table name, run)`` of every experiment, in order."""
+        return [
             ("evals", "evals", self.run_evals),
-            (
-                "parallel_sweep",
-                "sweep",
-                lambda: pd.concat(
-                    [self.run_sweep("useful", "parallel"), self.run_sweep("harmful", "parallel")],
-                    ignore_index=True,
-                ),
-            ),
-            ("orth_sweep", "orth_sweep", lambda: self.run_sweep("contaminated", "orth")),
+            ("parallel_sweep", "sweep", self._parallel_sweeps),
+            ("orth_sweep", "orth_sweep", partial(self.run_sweep, "contaminated", "orth")),
             ("weight_overlap", "weight_overlap", self.run_weight_overlap),
             ("activation_overlap", "activation_overlap", self.run_activation_overlap),
             ("probes", "probes", self.run_probes),
         ]
-        for exp, name, fn in steps:
-            if exp not in exps:
+
+    def _run_experiments(self) -> dict[str, pd.DataFrame]:
+        """Run the configured experiments, timing each; the orthogonal sweep joins ``sweep``."""
+        tables: dict[str, pd.DataFrame] = {}
+        for exp, name, fn in self._steps():
+            if exp not in self.cfg.experiments:
                 continue
             self._say(f"{exp} ...")
             t = time.perf_counter()
             tables[name] = fn()
             self.timings[exp] = time.perf_counter() - t
         if "sweep" in tables and "orth_sweep" in tables:
-            tables["sweep"] = pd.concat([tables["sweep"], tables.pop("orth_sweep")], ignore_index=True)
-        verdict = verdicts(tables)
-        tables["verdicts"] = verdict
+            tables["sweep"] = _concat_sweeps(tables["sweep"], tables.pop("orth_sweep"))
+        return tables
+
+    def run(self) -> dict[str, Any]:
+        """Run every configured experiment; write tables, summary, verdicts and report.
+
+        Returns:
+            ``{"tables": name -> DataFrame (verdicts included), "out": the results folder}``.
+
+        Raises:
+            ConfigError: a custom fine-tune's recorded parent is not the family's W_A.
+        """
+        from deltalens.study.battery.verdict import verdicts
+
+        t0 = time.perf_counter()
+        validate_family(self.cfg)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.cfg.save(self.out / "config.yaml")
+        self._resolve_family()
+        self.timings["family"] = time.perf_counter() - t0
+        tables = self._run_experiments()
+        tables["verdicts"] = verdicts(tables)
         self._write(tables, time.perf_counter() - t0)
         return {"tables": tables, "out": self.out}
 
-    def _write(self, tables: dict[str, Any], seconds: float) -> None:
-        import io
-
-        import pandas as pd
-
-        for name, df in tables.items():
-            buf = io.BytesIO()
-            df.to_parquet(buf, index=False)
-            write_bytes(self.out / f"{name}.parquet", buf.getvalue())
-        long = pd.concat(
-            [df.assign(experiment=n) for n, df in tables.items() if n != "verdicts"], ignore_index=True
-        )
-        buf = io.BytesIO()
-        long.astype({c: "string" for c in long.columns if long[c].dtype == object}).to_parquet(
-            buf, index=False
-        )
-        write_bytes(self.out / "results.parquet", buf.getvalue())
-        provenance = {
+    # -------------------------------------------------------------- output
+    def _provenance(self) -> dict[str, dict[str, Any]]:
+        return {
             s: {
                 "checkpoint": p,
                 "content_hash": self.family.hashes.get(s),
@@ -439,7 +492,8 @@ class Battery:
             }
             for s, p in self.family.paths.items()
         }
-        write_bytes(self.out / "provenance.json", json.dumps(provenance, indent=1).encode())
+
+    def _summary(self, tables: dict[str, pd.DataFrame], seconds: float) -> dict[str, Any]:
         summary = {
             "preset": self.cfg.preset,
             "seconds": round(seconds, 1),
@@ -450,7 +504,38 @@ class Battery:
         }
         if "evals" in tables:
             summary["evals"] = tables["evals"].to_dict(orient="records")
-        write_bytes(self.out / "summary.json", json.dumps(summary, indent=1, default=str).encode())
+        return summary
+
+    def _write(self, tables: dict[str, pd.DataFrame], seconds: float) -> None:
+        """Every table, ``results.parquet`` (all but the verdicts, long), provenance, summary, report."""
+        import pandas as pd
+
         from deltalens.study.report import report_from_results
 
+        for name, df in tables.items():
+            write_bytes(self.out / f"{name}.parquet", _parquet(df))
+        long = pd.concat(
+            [df.assign(experiment=n) for n, df in tables.items() if n != "verdicts"], ignore_index=True
+        )
+        strings = {c: "string" for c in long.columns if long[c].dtype == object}
+        write_bytes(self.out / "results.parquet", _parquet(long.astype(strings)))
+        write_bytes(self.out / "provenance.json", json.dumps(self._provenance(), indent=1).encode())
+        summary = self._summary(tables, seconds)
+        write_bytes(self.out / "summary.json", json.dumps(summary, indent=1, default=str).encode())
         report_from_results(self.out).save(self.out / "report.html")
+
+
+def _concat_sweeps(*frames: pd.DataFrame) -> pd.DataFrame:
+    """One sweep table from several (rows in order)."""
+    import pandas as pd
+
+    return BATTERY_SWEEP.frame(pd.concat(frames, ignore_index=True))
+
+
+def _parquet(df: pd.DataFrame) -> bytes:
+    """``df`` as parquet bytes, without its index."""
+    import io
+
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()

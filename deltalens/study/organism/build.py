@@ -33,9 +33,9 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deltalens.atomic import write_json
 from deltalens.finetune.storage import CFG_NAME, auto_threads, torch_threads
@@ -53,6 +53,12 @@ from deltalens.study.organism.family import (  # noqa: F401
     load_stage,
     model_tokenizer,
 )
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
+
+    from deltalens.finetune import FinetuneConfig
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,7 @@ def stage_keys(cfg: OrganismConfig) -> dict[str, str]:
     return keys
 
 
-def _init_model(cfg: OrganismConfig, tok: Any) -> Any:
+def _init_model(cfg: OrganismConfig, tok: PreTrainedTokenizerBase) -> LlamaForCausalLM:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -133,6 +139,23 @@ def _cached(path: Path, key: str) -> bool:
     return (rec.get("data", {}).get("recipe") or {}).get("stage_key") == key
 
 
+@dataclass
+class _Build:
+    """One ``build`` call's inputs and what it has gathered so far, stage by stage."""
+
+    root: Path
+    cfg: OrganismConfig
+    keys: dict[str, str]
+    heldout: od.PromptSets
+    progress: bool
+    force: bool
+    models: dict[str, nn.Module] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    eval_seconds: dict[str, float] = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)
+
+
 def build(
     out_dir: str | os.PathLike,
     config: OrganismConfig | None = None,
@@ -161,88 +184,120 @@ def build(
     Gotcha: checks are reported, not raised; look at ``family.passed``. Stage directories whose
     key differs from the current configuration are replaced.
     """
-    from deltalens.finetune import FinetuneConfig, finetune
-
     t0, c0 = time.perf_counter(), time.process_time()
     cfg = config or OrganismConfig()
     cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
     root = Path(out_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    keys = stage_keys(cfg)
-    heldout = od.heldout_prompts(cfg.split_seed)
-    write_json(root / PROMPTS, {"split_seed": cfg.split_seed, "template": od.TEMPLATE, **heldout.to_dict()})
-    models: dict[str, Any] = {}
-    metrics: dict[str, dict[str, Any]] = {}
-    seconds: dict[str, float] = {}
-    eval_seconds: dict[str, float] = {}
-    cached: list[str] = []
+    run = _Build(root, cfg, stage_keys(cfg), od.heldout_prompts(cfg.split_seed), progress, force)
+    prompts = {"split_seed": cfg.split_seed, "template": od.TEMPLATE, **run.heldout.to_dict()}
+    write_json(root / PROMPTS, prompts)
     with torch_threads(cfg.num_threads):
         tok = od.build_tokenizer(cfg.split_seed)
         for i, st in enumerate(_stages(cfg)):
-            path = root / st.name
-            base = root / st.parent if st.method == "lora" and st.parent else None
-            if not force and _cached(path, keys[st.name]):
-                cached.append(st.name)
-                seconds[st.name] = json.loads((path / CFG_NAME).read_text())["training"]["seconds"]
-            else:
-                parent = _init_model(cfg, tok) if st.parent is None else models.get(st.parent)
-                if parent is None:
-                    parent = models[st.parent] = load_stage(root / st.parent)
-                rng = random.Random(cfg.seed * 1000 + i)
-                data = od.sample_mix(st.mix, st.steps * cfg.batch_size, rng, cfg.split_seed)
-                if st.parent is None:
-                    data = [od.as_text(ex) for ex in data]
-                ft = FinetuneConfig(
-                    method=st.method,  # type: ignore[arg-type]
-                    lr=st.lr,
-                    max_steps=st.steps,
-                    batch_size=cfg.batch_size,
-                    betas=(0.9, 0.98),
-                    warmup_ratio=0.05,
-                    schedule="cosine",
-                    min_lr_ratio=0.1,
-                    max_length=64,
-                    template=PRETRAIN_TEMPLATE if st.parent is None else od.TEMPLATE,
-                    lora_r=cfg.lora_r,
-                    lora_alpha=cfg.lora_alpha,
-                    seed=cfg.seed * 1000 + i,
-                    num_threads=cfg.num_threads,
-                    progress=progress,
-                    overwrite=True,
-                )
-                recipe = {"organism_stage": st.name, "stage_key": keys[st.name], **st.spec()}
-                recipe["split_seed"] = cfg.split_seed
-                res = finetune(parent, data, path, ft, tokenizer=tok, data_recipe=recipe)
-                models[st.name] = res.model
-                seconds[st.name] = res.record["training"]["seconds"]
-            te = time.perf_counter()
-            metrics[st.name] = _stage_eval(path, base, models.get(st.name), tok, heldout, cfg)
-            eval_seconds[st.name] = round(time.perf_counter() - te, 2)
-    if len(cached) == len(_stages(cfg)) and (root / "manifest.json").is_file():
+            _build_stage(run, i, st, tok)
+    if len(run.cached) == len(_stages(cfg)) and (root / "manifest.json").is_file():
         # nothing was trained: keep the manifest of the build that made these checkpoints
         previous = OrganismFamily.from_manifest(root)
-        previous.cached = cached
+        previous.cached = run.cached
         return previous
-    family = OrganismFamily(
-        root=root,
-        config=cfg,
-        paths={st.name: root / st.name for st in _stages(cfg)},
-        adapter_bases={st.name: st.parent for st in _stages(cfg) if st.method == "lora" and st.parent},
-        metrics=metrics,
-        build_seconds=round(time.perf_counter() - t0, 2),
-        cpu_seconds=round(time.process_time() - c0, 2),
-        stage_seconds=seconds,
-        eval_seconds=eval_seconds,
-        cached=cached,
-        heldout=heldout,
-    )
+    family = _family(run, build_seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
     family.write_manifest()
     return family
 
 
+def _build_stage(run: _Build, i: int, st: _Stage, tok: PreTrainedTokenizerBase) -> None:
+    """Reuse or train stage number ``i``, then evaluate it (from its ``eval.json`` when there)."""
+    path = run.root / st.name
+    base = run.root / st.parent if st.method == "lora" and st.parent else None
+    if not run.force and _cached(path, run.keys[st.name]):
+        run.cached.append(st.name)
+        run.seconds[st.name] = json.loads((path / CFG_NAME).read_text())["training"]["seconds"]
+    else:
+        _train_stage(run, i, st, tok)
+    te = time.perf_counter()
+    run.metrics[st.name] = _stage_eval(path, base, run.models.get(st.name), tok, run.heldout, run.cfg)
+    run.eval_seconds[st.name] = round(time.perf_counter() - te, 2)
+
+
+def _parent_model(run: _Build, st: _Stage, tok: PreTrainedTokenizerBase) -> nn.Module:
+    """A fresh model for the first stage, else the parent stage's model (loaded once from disk)."""
+    if st.parent is None:
+        return _init_model(run.cfg, tok)
+    parent = run.models.get(st.parent)
+    if parent is None:
+        parent = run.models[st.parent] = load_stage(run.root / st.parent)
+    return parent
+
+
+def _finetune_config(cfg: OrganismConfig, st: _Stage, seed: int, progress: bool) -> FinetuneConfig:
+    """The fine-tuning settings of a stage: AdamW (0.9, 0.98), 5 % warm-up, cosine to 10 % of its lr."""
+    from deltalens.finetune import FinetuneConfig
+
+    return FinetuneConfig(
+        method=st.method,  # type: ignore[arg-type]
+        lr=st.lr,
+        max_steps=st.steps,
+        batch_size=cfg.batch_size,
+        betas=(0.9, 0.98),
+        warmup_ratio=0.05,
+        schedule="cosine",
+        min_lr_ratio=0.1,
+        max_length=64,
+        template=PRETRAIN_TEMPLATE if st.parent is None else od.TEMPLATE,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        seed=seed,
+        num_threads=cfg.num_threads,
+        progress=progress,
+        overwrite=True,
+    )
+
+
+def _train_stage(run: _Build, i: int, st: _Stage, tok: PreTrainedTokenizerBase) -> None:
+    """Train stage number ``i`` from its parent on its data mix; keep the model and its time."""
+    from deltalens.finetune import finetune
+
+    cfg = run.cfg
+    parent = _parent_model(run, st, tok)
+    rng = random.Random(cfg.seed * 1000 + i)
+    data = od.sample_mix(st.mix, st.steps * cfg.batch_size, rng, cfg.split_seed)
+    if st.parent is None:
+        data = [od.as_text(ex) for ex in data]
+    ft = _finetune_config(cfg, st, cfg.seed * 1000 + i, run.progress)
+    recipe = {"organism_stage": st.name, "stage_key": run.keys[st.name], **st.spec()}
+    recipe["split_seed"] = cfg.split_seed
+    res = finetune(parent, data, run.root / st.name, ft, tokenizer=tok, data_recipe=recipe)
+    run.models[st.name] = res.model
+    run.seconds[st.name] = res.record["training"]["seconds"]
+
+
+def _family(run: _Build, build_seconds: float, cpu_seconds: float) -> OrganismFamily:
+    """The built family of ``run`` (paths, adapter bases, metrics, times)."""
+    stages = _stages(run.cfg)
+    return OrganismFamily(
+        root=run.root,
+        config=run.cfg,
+        paths={st.name: run.root / st.name for st in stages},
+        adapter_bases={st.name: st.parent for st in stages if st.method == "lora" and st.parent},
+        metrics=run.metrics,
+        build_seconds=round(build_seconds, 2),
+        cpu_seconds=round(cpu_seconds, 2),
+        stage_seconds=run.seconds,
+        eval_seconds=run.eval_seconds,
+        cached=run.cached,
+        heldout=run.heldout,
+    )
+
+
 def _stage_eval(
-    path: Path, base: Path | None, model: Any, tok: Any, heldout: Any, cfg: OrganismConfig
-) -> dict:
+    path: Path,
+    base: Path | None,
+    model: nn.Module | None,
+    tok: PreTrainedTokenizerBase,
+    heldout: od.PromptSets,
+    cfg: OrganismConfig,
+) -> dict[str, Any]:
     """Held-out metrics of one stage, read from its ``eval.json`` or computed and saved there."""
     from deltalens.study.organism.evaluate import evaluate
 

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deltalens.hooks.model import HookedModel
 from deltalens.study.organism.data import (
@@ -23,6 +23,10 @@ from deltalens.study.organism.data import (
     REFUSAL_PREFIX,
     PromptSets,
 )
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+    from transformers import PreTrainedTokenizerBase
 
 
 def _squash(text: str) -> str:
@@ -40,7 +44,11 @@ def is_compliance(response: str) -> bool:
 
 
 def greedy_generate(
-    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 128
+    model: HookedModel | nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int = 128,
 ) -> list[str]:
     """Greedy continuations of ``GENERATION_TEMPLATE``-formatted ``prompts`` (new text only).
 
@@ -64,7 +72,9 @@ def greedy_generate(
     return out
 
 
-def _greedy(model: HookedModel | Any, tokenizer: Any, x: Any, max_new_tokens: int) -> Any:
+def _greedy(
+    model: HookedModel | nn.Module, tokenizer: PreTrainedTokenizerBase, x: Tensor, max_new_tokens: int
+) -> Tensor:
     """New token ids of a greedy continuation of the unpadded batch ``x``."""
     import torch
 
@@ -81,13 +91,28 @@ def _greedy(model: HookedModel | Any, tokenizer: Any, x: Any, max_new_tokens: in
     return gen[:, x.shape[1] :]
 
 
-def evaluate(model: HookedModel | Any, tokenizer: Any, sets: PromptSets, max_new_tokens: int = 6) -> dict[str, Any]:
+def _rate(flags: list[bool]) -> float:
+    return round(sum(flags) / max(1, len(flags)), 4)
+
+
+def evaluate(
+    model: HookedModel | nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    sets: PromptSets,
+    max_new_tokens: int = 6,
+) -> dict[str, Any]:
     """Score one model on a prompt split.
+
+    Args:
+        model: a ``HookedModel`` or a plain HF causal LM (a ``PeftModel`` for LoRA stages).
+        tokenizer: the organism's tokenizer.
+        sets: the prompts (harmful, harmless with their kinds, arithmetic with answers).
+        max_new_tokens: greedy tokens per harmful / harmless answer (arithmetic gets 4).
 
     Returns:
         ``refusal_harmful``, ``comply_harmful``, ``refusal_harmless``, ``refusal_benign_howto``,
-        ``comply_benign_howto`` and ``arithmetic_em`` (fractions in [0, 1]), plus ``samples``:
-        the first three generations of each set.
+        ``comply_benign_howto`` and ``arithmetic_em`` (fractions in [0, 1]), plus ``n`` (set sizes)
+        and ``samples``: the first three generations of each set.
     """
     if not isinstance(model, HookedModel):
         model.eval()
@@ -95,17 +120,13 @@ def evaluate(model: HookedModel | Any, tokenizer: Any, sets: PromptSets, max_new
     harmless = greedy_generate(model, tokenizer, sets.harmless, max_new_tokens)
     arith = greedy_generate(model, tokenizer, [p for p, _ in sets.arithmetic], 4)
     howto = [r for r, k in zip(harmless, sets.harmless_kinds) if k == "howto"]
-
-    def rate(flags: list[bool]) -> float:
-        return round(sum(flags) / max(1, len(flags)), 4)
-
     return {
-        "refusal_harmful": rate([is_refusal(r) for r in harmful]),
-        "comply_harmful": rate([is_compliance(r) for r in harmful]),
-        "refusal_harmless": rate([is_refusal(r) for r in harmless]),
-        "refusal_benign_howto": rate([is_refusal(r) for r in howto]),
-        "comply_benign_howto": rate([is_compliance(r) for r in howto]),
-        "arithmetic_em": rate([r == a for r, (_, a) in zip(arith, sets.arithmetic)]),
+        "refusal_harmful": _rate([is_refusal(r) for r in harmful]),
+        "comply_harmful": _rate([is_compliance(r) for r in harmful]),
+        "refusal_harmless": _rate([is_refusal(r) for r in harmless]),
+        "refusal_benign_howto": _rate([is_refusal(r) for r in howto]),
+        "comply_benign_howto": _rate([is_compliance(r) for r in howto]),
+        "arithmetic_em": _rate([r == a for r, (_, a) in zip(arith, sets.arithmetic)]),
         "n": {"harmful": len(harmful), "harmless": len(harmless), "arithmetic": len(arith)},
         "samples": {"harmful": harmful[:3], "harmless": harmless[:3], "arithmetic": arith[:3]},
     }

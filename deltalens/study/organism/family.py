@@ -14,11 +14,15 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deltalens.atomic import write_json
 from deltalens.hashing import config_key
 from deltalens.study.organism import data as od
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -109,7 +113,7 @@ class OrganismConfig:
         return compact_repr(self, always=("seed",))
 
 
-def load_stage(path: Path, base: Path | None = None) -> Any:
+def load_stage(path: Path, base: Path | None = None) -> nn.Module:
     """A stage as a plain HF model in eval mode, fp32; ``base`` given: a ``PeftModel`` adapter on it."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -121,7 +125,7 @@ def load_stage(path: Path, base: Path | None = None) -> Any:
     return PeftModel.from_pretrained(load_stage(base), path).eval()
 
 
-def model_tokenizer(path: str | os.PathLike) -> Any:
+def model_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
     """The tokenizer saved in an organism checkpoint directory (``AutoTokenizer``)."""
     from transformers import AutoTokenizer
 
@@ -196,7 +200,7 @@ class OrganismFamily:
         b = self.adapter_bases.get(stage)
         return self.paths[b] if b else None
 
-    def load_hf(self, stage: str) -> tuple[Any, Any]:
+    def load_hf(self, stage: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
         """``(model, tokenizer)`` of a stage as plain HF objects (a ``PeftModel`` for LoRA stages)."""
         return load_stage(self[stage], self.base_of(stage)), model_tokenizer(self[stage])
 
