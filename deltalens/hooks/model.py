@@ -22,6 +22,7 @@ from deltalens.hooks.weights import (
     tensor_group,
     tensor_layer,
     transposed_weights,
+    weight_edit,
 )
 
 if TYPE_CHECKING:
@@ -166,6 +167,20 @@ class HookedModel:
             yield handle
         finally:
             handle.remove()
+
+    def active_edits(self) -> dict[str, list[str] | str | None]:
+        """What currently changes this model's outputs: hooked names and the weight edit in force.
+
+        ``{"hooks": [hook names with an active hook function], "weights": label or None}``; both
+        empty means the model computes exactly what its checkpoint does.
+        """
+        live = self._backend.params if self._backend.params is not None else None
+        if live is None:
+            try:
+                live = self.named_weights()
+            except ValueError:  # a live adapter cannot carry weight edits
+                live = {}
+        return {"hooks": sorted(self._edits()), "weights": weight_edit(live)}
 
     def reset_hooks(self) -> None:
         """Remove every hook added with :meth:`add_hooks`."""

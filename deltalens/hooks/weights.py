@@ -164,3 +164,31 @@ def live_weights(hf_model: nn.Module, merged: bool = False) -> dict[str, Tensor]
         key = canonical_name(name)
         out[key] = p.detach() + lora_deltas[key] if key in lora_deltas else p
     return out
+
+
+_WEIGHT_EDITS: dict[int, str] = {}  # id of a model's first live parameter -> label of the edit in force
+
+
+def claim_weights(live: dict[str, Tensor], label: str) -> int:
+    """Register a reversible weight edit on the model owning ``live``; refuse a second one.
+
+    Raises:
+        RuntimeError: another weight edit is already in force on this model.
+    """
+    key = id(next(iter(live.values())))
+    if key in _WEIGHT_EDITS:
+        raise RuntimeError(
+            f"another weight edit ({_WEIGHT_EDITS[key]}) is in force on this model; restore it before starting a new one"
+        )
+    _WEIGHT_EDITS[key] = label
+    return key
+
+
+def release_weights(key: int) -> None:
+    """End the weight edit registered under ``key`` (idempotent)."""
+    _WEIGHT_EDITS.pop(key, None)
+
+
+def weight_edit(live: dict[str, Tensor]) -> str | None:
+    """The label of the weight edit in force on the model owning ``live``, or None."""
+    return _WEIGHT_EDITS.get(id(next(iter(live.values())))) if live else None

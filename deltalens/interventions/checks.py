@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from deltalens.hooks.model import HookedModel
-from deltalens.hooks.weights import live_weights
+from deltalens.hooks.weights import claim_weights, live_weights, release_weights
 from deltalens.interventions.bases import Basis
 from deltalens.interventions.delta import DeltaReference, WeightDelta, sample_index
 
@@ -129,19 +129,11 @@ def locate(
     )
 
 
-_ACTIVE: dict[int, str] = {}  # id of a model's first live parameter -> label of the edit in force
-
-
 def claim(live: dict[str, Tensor], label: str) -> int:
     """Mark a model as being edited; refuse if another weight edit is already in force on it."""
-    key = id(next(iter(live.values())))
-    if key in _ACTIVE:
-        raise RuntimeError(
-            f"another weight edit ({_ACTIVE[key]}) is in force on this model; restore it before starting a new one"
-        )
-    _ACTIVE[key] = label
-    return key
+    return claim_weights(live, label)
 
 
 def release(key: int) -> None:
-    _ACTIVE.pop(key, None)
+    """End the weight edit registered under ``key``."""
+    release_weights(key)
