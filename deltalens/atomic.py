@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_directory", "atomic_write", "write_bytes", "write_json", "write_text"]
+__all__ = ["LockTimeout", "atomic_directory", "atomic_write", "file_lock", "write_bytes", "write_json", "write_text"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -117,3 +117,58 @@ def _swap_in(tmp: Path, target: Path) -> None:
         os.replace(old, target)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+class LockTimeout(TimeoutError):
+    """Another process held a lock for longer than the caller was willing to wait."""
+
+
+@contextlib.contextmanager
+def file_lock(
+    path: str | os.PathLike, timeout: float | None = None, what: str = "this folder", poll: float = 0.5
+) -> Iterator[Path]:
+    """Hold an exclusive advisory lock on ``path`` (created if needed) for the ``with`` block.
+
+    A second process waits (printing once who holds the lock: its pid and host, read from the
+    lock file) until the first releases it, or until ``timeout`` seconds pass. The lock is an
+    ``fcntl.flock`` on an open file, so the operating system releases it when its holder dies
+    (kill -9 included): a stale lock file never blocks anyone.
+
+    Raises:
+        LockTimeout: the lock was not free within ``timeout`` seconds (the message names the holder).
+    """
+    import fcntl
+    import socket
+    import sys
+    import time
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start, told = time.monotonic(), False
+    with open(path, "a+") as f:
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                if timeout is not None and time.monotonic() - start >= timeout:
+                    raise LockTimeout(
+                        f"{what} is locked by {holder} (lock file {path}); waited {timeout:g} s"
+                    ) from None
+                if not told:
+                    print(f"[deltalens] waiting for {holder} to release {what} ({path})", file=sys.stderr)
+                    told = True
+                time.sleep(poll)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield path
+        finally:
+            f.seek(0)
+            f.truncate()
+            f.flush()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
