@@ -562,8 +562,8 @@ def test_report_main_builds_from_results_folder(tmp_path, capsys):
     assert report.report_main(parser.parse_args([str(tmp_path / "missing")])) == 2
     small = tmp_path / "small"
     small.mkdir()
-    assert report.report_main(parser.parse_args([str(small)])) == 0  # nothing in it: a page that says so
-    assert "holds no summary.json" in (small / "report.html").read_text()
+    assert report.report_main(parser.parse_args([str(small)])) == 2  # nothing in it: refused
+    assert not (small / "report.html").exists()
 
 
 def test_import_is_light():

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from deltalens.hooks.archs import ArchSpec
+from deltalens.hooks.edits import apply_fns
 from deltalens.hooks.weights import base_module
 
 if TYPE_CHECKING:
@@ -40,19 +41,6 @@ def attn_implementation(hf_model: nn.Module, impl: str | None) -> Iterator[None]
     finally:
         for c, o in zip(configs, old):
             c._attn_implementation = o
-
-
-def _apply(fns: list[HookFn], x: Tensor) -> Tensor:
-    for fn in fns:
-        y = fn(x)
-        if y is not None:
-            if not isinstance(y, Tensor) or y.shape != x.shape:
-                raise ValueError(
-                    f"a hook function must return None or a tensor of shape {tuple(x.shape)}, "
-                    f"got {getattr(y, 'shape', type(y).__name__)}"
-                )
-            x = y
-    return x
 
 
 class Backend:
@@ -117,7 +105,7 @@ class TransformerLensBackend(Backend):
         acts: dict[str, Tensor] = {}
         hooks: list[tuple[str, Callable]] = []
         for name, fns in edits.items():
-            hooks.append((name, lambda x, hook, fns=fns: _apply(fns, x)))
+            hooks.append((name, lambda x, hook, fns=fns: apply_fns(fns, x)))
         for name in capture:
             hooks.append((name, lambda x, hook, n=name: acts.__setitem__(n, reduce(n, x))))
         logits = self.engine.run_with_hooks(
@@ -177,14 +165,14 @@ class NNsightBackend(Backend):
                     if where == "input":
                         val = env.input
                         if name in edits:
-                            env.input = _apply(edits[name], val)
+                            env.input = apply_fns(edits[name], val)
                             val = env.input
                     else:
                         out = env.output
                         tup = isinstance(out, tuple)
                         val = out[idx if idx is not None else 0] if tup else out
                         if name in edits:
-                            new = _apply(edits[name], val)
+                            new = apply_fns(edits[name], val)
                             env.output = (new, *out[1:]) if tup else new
                             val = new
                     if name in capture:

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from deltalens.hooks.batch import Batch, HookFn
 from deltalens.hooks.cache import ActivationCache
+from deltalens.hooks.edits import lower
 from deltalens.hooks.inputs import Inputs, Positions, as_dtype, check_ids, check_positions, encode
 from deltalens.hooks.names import NamesArg, all_hook_names, execution_order, resolve_names
 from deltalens.hooks.provenance import Provenance
@@ -180,7 +181,7 @@ class HookedModel:
                 live = self.named_weights()
             except ValueError:  # a live adapter cannot carry weight edits
                 live = {}
-        return {"hooks": sorted(self._edits()), "weights": weight_edit(live)}
+        return {"hooks": sorted({n for group in self._active.values() for n in group}), "weights": weight_edit(live)}
 
     def reset_hooks(self) -> None:
         """Remove every hook added with :meth:`add_hooks`."""
@@ -191,7 +192,7 @@ class HookedModel:
         for group in self._active.values():
             for name, fn in group.items():
                 edits.setdefault(name, []).append(fn)
-        return edits
+        return lower(edits)
 
     # ---------------------------------------------------------------- forward passes
     def _forward(

@@ -1,0 +1,162 @@
+"""An edit at any hook changes everything downstream exactly as the same edit made inside the model.
+
+The reference is independent of deltalens: raw PyTorch hooks on a freshly built Hugging Face model
+with the same weights, at the place each TransformerLens hook name denotes. Every architecture,
+both backends, a left- and a right-padded batch.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import deltalens as dl
+from deltalens.testing import tiny_model
+
+ARCHS = ("gpt2", "llama", "qwen2", "gemma3")
+PROMPTS = ["import os", "def main(): return 1 + 2"]
+
+
+def _paths(arch: str, layer: int) -> dict[str, str]:
+    """Module paths in the HF tree (the test's own map, written from the modeling files)."""
+    if arch == "gpt2":
+        block = f"transformer.h.{layer}"
+        return {"block": block, "attn": f"{block}.attn", "mlp": f"{block}.mlp", "embed": "transformer.wte",
+                "norm": "transformer.ln_f"}
+    block = f"model.layers.{layer}"
+    if arch == "gemma3":  # Gemma 3 adds the *normalised* sublayer outputs to the residual stream
+        return {"block": block, "attn": f"{block}.post_attention_layernorm",
+                "mlp": f"{block}.post_feedforward_layernorm", "embed": "model.embed_tokens", "norm": "model.norm"}
+    return {"block": block, "attn": f"{block}.self_attn", "mlp": f"{block}.mlp", "embed": "model.embed_tokens",
+            "norm": "model.norm"}
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _replace_first(out, new):
+    return (new, *out[1:]) if isinstance(out, tuple) else new
+
+
+@functools.cache
+def _reference_model(arch: str):
+    return tiny_model(arch)[0]
+
+
+def _on_output(module, fn):
+    return module.register_forward_hook(lambda mod, args, out: _replace_first(out, fn(_first(out))))
+
+
+def _on_block_input(module, fn):
+    def pre(mod, args, kwargs):
+        if args:
+            return (fn(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+
+    return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+
+def _resid_mid(model, p, fn):
+    """resid_mid = resid_pre + attn_out: the reference edits it through the attention output."""
+    state = {}
+
+    def keep(mod, args, kwargs):
+        state["pre"] = args[0] if args else kwargs["hidden_states"]
+
+    def edit(mod, args, out):
+        return _replace_first(out, fn(state["pre"] + _first(out)) - state["pre"])
+
+    return [
+        model.get_submodule(p["block"]).register_forward_pre_hook(keep, with_kwargs=True),
+        model.get_submodule(p["attn"]).register_forward_hook(edit),
+    ]
+
+
+_SITES = {  # hook suffix -> (kind, key of _paths)
+    "hook_embed": ("output", "embed"),
+    "ln_final.hook_normalized": ("output", "norm"),
+    "hook_resid_pre": ("input", "block"),
+    "hook_resid_post": ("output", "block"),
+    "hook_attn_out": ("output", "attn"),
+    "hook_mlp_out": ("output", "mlp"),
+}
+
+
+def _reference_logits(arch: str, hook: str, fn, batch) -> torch.Tensor:
+    """Logits of a plain HF model (same weights) with ``fn`` applied at ``hook`` through raw torch hooks."""
+    model = _reference_model(arch)
+    layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else 0
+    p = _paths(arch, layer)
+    suffix = hook.split(".", 2)[-1] if hook.startswith("blocks.") else hook
+    if suffix == "hook_resid_mid":
+        handles = _resid_mid(model, p, fn)
+    else:
+        kind, key = _SITES[suffix]
+        register = _on_output if kind == "output" else _on_block_input
+        handles = [register(model.get_submodule(p[key]), fn)]
+    try:
+        with torch.no_grad():
+            return model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+            ).logits
+    finally:
+        for hd in handles:
+            hd.remove()
+
+
+HOOKS = (
+    "hook_embed",
+    "blocks.0.hook_resid_pre",
+    "blocks.0.hook_attn_out",
+    "blocks.0.hook_resid_mid",
+    "blocks.1.hook_resid_mid",
+    "blocks.0.hook_mlp_out",
+    "blocks.1.hook_resid_post",
+    "ln_final.hook_normalized",
+)
+
+
+@pytest.fixture(scope="module", params=[(a, b) for a in ARCHS for b in ("nnsight", "transformer_lens")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def loaded(request):
+    arch, backend = request.param
+    model, tok = tiny_model(arch)
+    return arch, dl.load(model, tokenizer=tok, backend=backend)
+
+
+CASES = [(h, "left") for h in HOOKS] + [(h, "right") for h in ("blocks.0.hook_resid_mid", "blocks.1.hook_resid_post")]
+
+
+@pytest.mark.parametrize("hook,side", CASES)
+def test_edit_matches_the_same_edit_inside_the_model(loaded, hook, side):
+    arch, m = loaded
+    batch = m.tokenize(PROMPTS, padding_side=side)
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(m.d_model, generator=g)
+
+    def fn(x):
+        return x * 1.5 + v.to(x.dtype)
+
+    with m.hooks({hook: fn}):
+        got = m.logits(batch.input_ids, attention_mask=batch.attention_mask)
+    want = _reference_logits(arch, hook, fn, batch)
+    plain = m.logits(batch.input_ids, attention_mask=batch.attention_mask)
+    mask = batch.attention_mask.bool()
+    assert (want[mask] - plain[mask]).abs().max() > 1e-3  # the edit does something
+    torch.testing.assert_close(got[mask], want[mask], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_cached_resid_mid_is_what_flows_on(loaded, side):
+    """With an edit at resid_mid the cache shows the edited value and resid_post = resid_mid + mlp_out."""
+    arch, m = loaded
+    batch = m.tokenize(PROMPTS, padding_side=side)
+    names = ["blocks.0.hook_resid_mid", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post"]
+    with m.hooks({"blocks.0.hook_resid_mid": lambda x: x + 3.0}):
+        cache = m.run_with_cache(batch.input_ids, names=names, attention_mask=batch.attention_mask)
+    mask = batch.attention_mask.bool()
+    total = cache["blocks.0.hook_resid_mid"] + cache["blocks.0.hook_mlp_out"]
+    torch.testing.assert_close(total[mask], cache["blocks.0.hook_resid_post"][mask], atol=1e-5, rtol=1e-5)
