@@ -26,7 +26,8 @@ Example:
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+import numbers
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -119,6 +120,61 @@ def _gaussian_left(delta: WeightDelta, name: str, seed: int, dtype: torch.dtype)
     return delta._cache[key]
 
 
+_FUNCTION = {"topk": "top_k", "energy": "energy", "randomk": "random_k", "random": "random_like"}
+"""Basis method -> the public function that builds it (named in error messages)."""
+
+_PAPER_FRACS = "the paper's sweep is 0.01, 0.25, 0.5, 0.75, 0.99"
+
+
+def _shown(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _real(value: Any) -> bool:
+    """A real number and not a bool (``True`` is an int in Python, never a fraction here)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _checked_rule(
+    method: str, frac: Any, k: Any, eta: Any, seed: Any
+) -> tuple[float | None, int | None, float | None, int | None]:
+    """``(frac, k, eta, seed)`` as plain Python numbers, or a ValueError naming the argument.
+
+    Checked before any SVD: a fraction / η must be a real number in (0, 1] (not a string or a
+    bool), ``k`` a positive integer, ``seed`` an integer.
+    """
+    fn = _FUNCTION[method]
+    if method == "energy":
+        if eta is None or not _real(eta) or not 0 < eta <= 1:
+            raise ValueError(
+                f"{fn}: eta must be in (0, 1] (the fraction of each tensor's energy Σσ² to keep), "
+                f"got {_shown(eta)}"
+            )
+        eta = float(eta)
+    elif (frac is None) == (k is None):
+        raise ValueError(f"{fn}: pass exactly one of frac= or k= (got frac={frac!r}, k={k!r})")
+    if frac is not None:
+        if not _real(frac) or not 0 < frac <= 1:
+            raise ValueError(
+                f"{fn}: frac must be in (0, 1] (a number: the fraction of each tensor's rank min(m, n)), "
+                f"got {_shown(frac)}; {_PAPER_FRACS}"
+            )
+        frac = float(frac)
+    if k is not None:
+        if not _integer(k) or k < 1:
+            raise ValueError(f"{fn}: k must be a positive int (vectors per tensor), got {_shown(k)}")
+        k = int(k)
+    if seed is not None:
+        if not _integer(seed):
+            raise ValueError(f"{fn}: seed must be an int, got {_shown(seed)}")
+        seed = int(seed)
+    return frac, k, eta, seed
+
+
 class Basis:
     """Per-tensor orthonormal bases from one delta. Build with :func:`top_k`, :func:`energy`,
     :func:`random_k` or :func:`random_like`.
@@ -155,18 +211,11 @@ class Basis:
             raise ValueError("svd='randomized' is only available for top_k")
         if over_rank not in ("error", "clip"):
             raise ValueError(f"over_rank must be 'error' or 'clip', got {over_rank!r}")
-        if method == "energy":
-            if eta is None or not 0 < eta <= 1:
-                raise ValueError(f"eta must be in (0, 1], got {eta!r}")
-        elif (frac is None) == (k is None):
-            raise ValueError(f"{method}: pass exactly one of frac= or k= (got frac={frac!r}, k={k!r})")
-        if frac is not None and not 0 < frac <= 1:
+        if dtype not in (torch.float32, torch.float64):
             raise ValueError(
-                f"frac must be in (0, 1] (a fraction of each tensor's rank min(m, n)), got {frac!r}; "
-                "the paper's sweep is 0.01, 0.25, 0.5, 0.75, 0.99"
+                f"{_FUNCTION[method]}: dtype must be torch.float32 or torch.float64, got {dtype!r}"
             )
-        if k is not None and (not isinstance(k, int) or k < 1):
-            raise ValueError(f"k must be a positive int, got {k!r}")
+        frac, k, eta, seed = _checked_rule(method, frac, k, eta, seed)
         self._delta = delta
         self.method, self.frac, self.k_fixed, self.eta = method, frac, k, eta
         self.seed, self.svd, self.dtype, self.over_rank = seed, svd, dtype, over_rank

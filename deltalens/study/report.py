@@ -5,7 +5,10 @@ of ``*.parquet`` tables. Every table is rendered; the known ones are also drawn:
 (steering curves with the ``evals`` table's stages as reference lines, and E_k bars),
 ``weight_overlap``, ``activation_overlap``, ``probes``, ``patching`` and ``delta_norms``;
 ``verdicts`` and ``evals`` come first. A table matches a known name when its file stem is that
-name or starts with it followed by ``_`` or ``-`` (``sweep_useful.parquet``).
+name or starts with it followed by ``_`` or ``-`` (``sweep_useful.parquet``). The Summary shows
+``summary.json``'s scalars as a key / value table and its lists of records (``verdicts``, ``evals``)
+as tables. A folder with neither ``summary.json`` nor a ``*.parquet`` table (an empty folder, a
+model checkpoint) is refused (:func:`check_results_folder`) and nothing is written.
 """
 
 from __future__ import annotations
@@ -114,27 +117,93 @@ def report_from_results(
         The report; a table that cannot be read or drawn is still mentioned, with the reason.
 
     Raises:
-        FileNotFoundError: ``results_dir`` is not a folder.
+        FileNotFoundError: ``results_dir`` does not exist.
+        NotADirectoryError: ``results_dir`` is a file.
+        NotAResultsFolder: ``results_dir`` is empty, a model checkpoint, or holds neither a
+            ``summary.json`` nor a ``*.parquet`` table (see :func:`check_results_folder`).
 
     Example:
         >>> report_from_results("results/organism").save("results/organism/report.html")
     """
     from deltalens.viz.report import Report
 
-    root = Path(results_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"results folder {str(root)!r} does not exist or is not a folder")
+    root = check_results_folder(results_dir, recursive=recursive)
     rep = Report(title or f"deltalens report: {root.resolve().name}", max_rows=max_rows)
     notes: list[str] = []
     _add_summary(rep, root, notes)
     _add_tables(rep, root, recursive)
     _add_config(rep, root, notes)
     _add_provenance(rep, root, notes)
-    if not rep.sections:
-        notes.append(f"{root} holds no summary.json, config.yaml or *.parquet table.")
     if notes:
         rep.add_section("Notes", *notes)
     return rep
+
+
+class NotAResultsFolder(ValueError):
+    """``deltalens report`` was given a folder that holds no results (empty, a checkpoint, other files)."""
+
+
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.gguf", "*.pt", "*.pth")
+"""Globs of model weight files: a folder with these and a ``config.json`` is a checkpoint."""
+
+_WHAT_TO_PASS = "pass the --out folder of `deltalens run` or `deltalens probe`"
+
+
+def check_results_folder(results_dir: str | Path, recursive: bool = False) -> Path:
+    """``results_dir`` as a path if it is a results folder (``summary.json`` or ``*.parquet`` tables).
+
+    Raises:
+        FileNotFoundError: it does not exist.
+        NotADirectoryError: it is a file.
+        NotAResultsFolder: it is empty, a model checkpoint (``config.json`` or ``adapter_config.json``
+            with weight files), or holds neither ``summary.json`` nor a ``*.parquet`` table
+            (in subfolders too with ``recursive``).
+    """
+    root = Path(results_dir)
+    if not root.exists():
+        raise FileNotFoundError(f"RESULTS_DIR: results folder {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(
+            f"RESULTS_DIR: {str(root)!r} is a file, not a results folder; {_WHAT_TO_PASS}"
+        )
+    names = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+    weights = sorted({p.name for g in WEIGHT_FILES for p in root.glob(g)})
+    configs = [n for n in ("config.json", "adapter_config.json") if n in names]
+    if configs and weights:
+        raise NotAResultsFolder(
+            f"RESULTS_DIR: {str(root)!r} is a model checkpoint ({', '.join(configs + weights[:2])}), "
+            f"not a results folder; {_WHAT_TO_PASS}"
+        )
+    if not names:
+        raise NotAResultsFolder(f"RESULTS_DIR: {str(root)!r} is empty; {_WHAT_TO_PASS}")
+    tables = next(iter((root.rglob if recursive else root.glob)("*.parquet")), None)
+    if not (root / "summary.json").is_file() and tables is None:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise NotAResultsFolder(
+            f"RESULTS_DIR: {str(root)!r} is not a results folder: no summary.json and no *.parquet table "
+            f"(it holds {shown}); {_WHAT_TO_PASS}"
+        )
+    return root
+
+
+def _records(value: Any) -> bool:
+    """A non-empty list of mappings (a table written into JSON, e.g. ``summary.json``'s verdicts)."""
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def summary_items(data: Any) -> list[Any]:
+    """The Summary section's items: scalars and mappings as one key / value table, and each list of
+    records (``verdicts``, ``evals``, ...) as a table of its own under its title."""
+    import pandas as pd
+
+    if not isinstance(data, dict):
+        return [json.dumps(data, indent=1)]
+    tables = {k: v for k, v in data.items() if _records(v)}
+    rest = {k: v for k, v in data.items() if k not in tables}
+    items: list[Any] = [rest] if rest else []
+    for key, rows in tables.items():
+        items += [f"{KNOWN_TABLES.get(key, key)} ({key} in summary.json)", pd.DataFrame.from_records(rows)]
+    return items
 
 
 def _add_summary(rep: Report, root: Path, notes: list[str]) -> None:
@@ -144,9 +213,10 @@ def _add_summary(rep: Report, root: Path, notes: list[str]) -> None:
         return
     try:
         data = json.loads(summary.read_text(encoding="utf-8"))
-        rep.add_section("Summary", data if isinstance(data, dict) else json.dumps(data, indent=1))
     except (OSError, ValueError) as e:
         notes.append(f"summary.json could not be read: {e}")
+        return
+    rep.add_section("Summary", *summary_items(data))
 
 
 def _table_paths(root: Path, recursive: bool) -> list[Path]:
@@ -242,25 +312,41 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "-o", "--output", default=None, help="output HTML file (default: RESULTS_DIR/report.html)"
     )
     parser.add_argument("--title", default=None, help="page title")
-    parser.add_argument("--max-rows", type=int, default=60, help="rows shown per table (default 60)")
+    parser.add_argument("--max-rows", type=int, default=60, help="rows shown per table (default: 60)")
     parser.add_argument("--recursive", action="store_true", help="also render *.parquet tables in subfolders")
     return parser
 
 
+def _output_path(args: argparse.Namespace) -> Path:
+    """Where the report goes: ``--output`` or ``RESULTS_DIR/report.html`` (checked before any work)."""
+    output = getattr(args, "output", None)
+    out = Path(output) if output else Path(args.results_dir) / "report.html"
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"--output: {str(out)!r} must end in .html or .htm")
+    if out.is_dir():
+        raise IsADirectoryError(f"--output: {str(out)!r} is a folder; pass an .html file path")
+    return out
+
+
 def report_main(args: argparse.Namespace) -> int:
-    """Run ``deltalens report``: build the report and write it; returns the exit status."""
+    """Run ``deltalens report``: build the report and write it; returns the exit status.
+
+    A missing, empty or non-results folder (or a model checkpoint) prints one line and returns 2,
+    writing nothing; with ``args.debug`` (``deltalens --debug report ...``) the error propagates.
+    """
     try:
+        out = _output_path(args)
         rep = report_from_results(
             args.results_dir,
             title=getattr(args, "title", None),
             max_rows=getattr(args, "max_rows", 60),
             recursive=getattr(args, "recursive", False),
         )
-    except FileNotFoundError as e:
-        print(f"deltalens report: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"deltalens report: error: {e}", file=sys.stderr)
         return 2
-    output = getattr(args, "output", None)
-    out = Path(output) if output else Path(args.results_dir) / "report.html"
     path = rep.save(out)
     size = path.stat().st_size
     print(f"wrote {path} ({size / 1e6:.2f} MB, {len(rep.sections)} sections)")

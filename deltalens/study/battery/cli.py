@@ -3,31 +3,80 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from deltalens.study.battery.config import PRESETS, BatteryConfig, ConfigError
+
+DEFAULT_OUT = "deltalens-results"
+"""The results folder of ``deltalens run`` when no ``--out`` is given (relative to the working folder)."""
+
+RUN_EPILOG = """\
+Results: OUT/report.html (offline), summary.json, config.yaml, provenance.json and one *.parquet
+per experiment; finished units are kept in OUT/units, so rerunning the same command resumes.
+
+Cache: built model families (the organism: organism-seed{{N}}, SmolLM2: smollm2-family-seed{{N}})
+and downloaded wheels live under $DELTALENS_CACHE (default ~/.cache/deltalens; here: {cache}).
+Set DELTALENS_CACHE to move it.
+"""
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``deltalens run`` arguments (config file, ``--preset``, ``--out``, ``--quiet``) to ``parser``."""
+    from deltalens.study.battery.config import default_cache
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = RUN_EPILOG.format(cache=default_cache())
     parser.add_argument(
-        "config", nargs="?", default=None, help="YAML or TOML battery config (default: a preset)"
+        "config",
+        nargs="?",
+        default=None,
+        help="YAML or TOML battery config (default: none, the --preset family)",
     )
-    parser.add_argument("--preset", default=None, choices=["organism", "smollm2"], help="built-in family")
-    parser.add_argument("--out", default="deltalens-results", help="results folder (resumable)")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        choices=list(PRESETS),
+        help="built-in family (default: organism, or the config's preset)",
+    )
+    parser.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help=f"results folder; rerunning into it resumes (default: ./{DEFAULT_OUT})",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
 
 
+def _config(args: argparse.Namespace) -> BatteryConfig:
+    """The battery config from ``deltalens run`` arguments (a malformed file: one ``ConfigError`` line)."""
+    import yaml
+
+    if not args.config:
+        return BatteryConfig.from_preset(args.preset or "organism")
+    try:
+        cfg = BatteryConfig.from_file(args.config)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{args.config}: not valid YAML: {' '.join(str(e).split())}") from e
+    if args.preset:
+        cfg.preset = args.preset
+    return cfg
+
+
 def run_main(args: argparse.Namespace) -> int:
-    """Run the battery from ``deltalens run`` arguments; returns the exit code."""
+    """Run the battery from ``deltalens run`` arguments; returns the exit code.
+
+    Raises:
+        ConfigError, FileNotFoundError, ValueError: a bad config or ``--out`` (before any work;
+            ``deltalens`` prints them as one line and exits 2).
+    """
     import time
 
-    from deltalens.study.battery import Battery, BatteryConfig
+    from deltalens.study.battery import Battery
 
-    if args.config:
-        cfg = BatteryConfig.from_file(args.config)
-        if args.preset:
-            cfg.preset = args.preset
-    else:
-        cfg = BatteryConfig.from_preset(args.preset or "organism")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {str(out)!r} is a file; pass a results folder (default: ./{DEFAULT_OUT})")
+    cfg = _config(args)
     t = time.perf_counter()
     result = Battery(cfg, args.out, progress=not args.quiet).run()
     print_summary(result["tables"], args.out, time.perf_counter() - t)

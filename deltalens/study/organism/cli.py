@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def add_organism_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -27,15 +28,35 @@ def add_organism_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.add_argument("--json", action="store_true", help="print the manifest as JSON")
     s = sub.add_parser("show", help="print the metrics and checks of a built family")
-    s.add_argument("out", help="a directory holding manifest.json")
+    s.add_argument("out", help="a directory holding manifest.json (what `organism build OUT` wrote)")
     s.add_argument("--json", action="store_true", help="print the manifest as JSON")
     return parser
+
+
+def _check_out(args: argparse.Namespace, manifest: str) -> None:
+    """``OUT`` is a folder (``show``: one holding the manifest), before any work.
+
+    Raises:
+        FileNotFoundError: ``show`` on a folder without a built family.
+        NotADirectoryError: ``OUT`` is a file.
+    """
+    out = Path(args.out)
+    if args.organism_command == "show":
+        if not (out / manifest).is_file() and not (out.is_file() and out.name == manifest):
+            raise FileNotFoundError(
+                f"OUT: no {manifest} in {str(out)!r}, so no organism family was built there; "
+                f"build one with `deltalens organism build {out}`"
+            )
+    elif out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"OUT: {str(out)!r} is a file; pass a folder to build the family in")
 
 
 def organism_main(args: argparse.Namespace) -> int:
     """Run ``build`` or ``show``; print a summary. Returns 0 if every check holds, else 1."""
     from deltalens.study.organism import OrganismFamily, build
+    from deltalens.study.organism.family import MANIFEST
 
+    _check_out(args, MANIFEST)
     if args.organism_command == "show":
         family = OrganismFamily.from_manifest(args.out)
     else:
