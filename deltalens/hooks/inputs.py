@@ -43,12 +43,14 @@ def check_positions(positions: object) -> None:
     raise ValueError(f"positions={positions!r} is not allowed; expected None, 'last', an int or a slice")
 
 
-def _encode_texts(tokenizer: Any, texts: list[str], padding_side: str | None) -> tuple[Tensor, Tensor]:
+def _encode_texts(
+    tokenizer: Any, texts: list[str], padding_side: str | None, add_special_tokens: bool = True
+) -> tuple[Tensor, Tensor]:
     old = tokenizer.padding_side
     try:
         if padding_side:
             tokenizer.padding_side = padding_side
-        enc = tokenizer(texts, padding=True, return_tensors="pt")
+        enc = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=add_special_tokens)
     finally:
         tokenizer.padding_side = old
     return enc["input_ids"], enc["attention_mask"]
@@ -67,7 +69,11 @@ def _encode_rows(tokenizer: Any, rows: list[list[int]], padding_side: str | None
 
 
 def encode(
-    tokenizer: Any, inputs: Inputs, attention_mask: Tensor | None = None, padding_side: str | None = None
+    tokenizer: Any,
+    inputs: Inputs,
+    attention_mask: Tensor | None = None,
+    padding_side: str | None = None,
+    add_special_tokens: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """``(input_ids [batch, pos], attention_mask [batch, pos])`` of text or token-id inputs.
 
@@ -85,7 +91,7 @@ def encode(
         bad = [t for t in texts if not isinstance(t, str)]
         if bad:
             raise TypeError(f"inputs: a list of prompts holds a {type(bad[0]).__name__}, not only strings")
-        return _encode_texts(tokenizer, texts, padding_side)
+        return _encode_texts(tokenizer, texts, padding_side, add_special_tokens)
     if isinstance(inputs, Sequence) and all(isinstance(r, Sequence) for r in inputs):
         rows = [list(map(int, r)) for r in inputs]
         if any(len(r) == 0 for r in rows):

@@ -123,7 +123,12 @@ class HookedModel:
         )
 
     def tokenize(
-        self, inputs: Inputs, attention_mask: Tensor | None = None, padding_side: str | None = None
+        self,
+        inputs: Inputs,
+        attention_mask: Tensor | None = None,
+        padding_side: str | None = None,
+        chat: bool = False,
+        template: str | None = None,
     ) -> Batch:
         """Turn strings or token ids into a padded :class:`Batch`.
 
@@ -132,7 +137,11 @@ class HookedModel:
             attention_mask: with tensor inputs, ``[batch, pos]`` (default: all ones).
             padding_side: ``"left"`` / ``"right"`` (default: the tokenizer's).
         """
-        ids, mask = encode(self.tokenizer, inputs, attention_mask, padding_side)
+        if (chat or template is not None) and isinstance(inputs, str | list | tuple) and inputs:
+            if isinstance(inputs, str) or isinstance(inputs[0], str):
+                texts = self.format_prompts([inputs] if isinstance(inputs, str) else list(inputs), chat, template)
+                inputs = texts
+        ids, mask = encode(self.tokenizer, inputs, attention_mask, padding_side, add_special_tokens=not chat)
         mask = mask.long()
         check_ids(ids, mask, self.vocab_size, self.max_positions)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -204,10 +213,10 @@ class HookedModel:
             return self._backend.forward(batch, capture, edits, reduce or (lambda n, x: x))
 
     def logits(
-        self, inputs: Inputs, attention_mask: Tensor | None = None
+        self, inputs: Inputs, attention_mask: Tensor | None = None, chat: bool = False, template: str | None = None
     ) -> Float[Tensor, "batch pos vocab"]:
-        """Logits ``[batch, pos, vocab]`` with the active hooks applied."""
-        batch = self.tokenize(inputs, attention_mask)
+        """Logits ``[batch, pos, vocab]`` with the active hooks applied (``chat`` / ``template`` as in :meth:`generate`)."""
+        batch = self.tokenize(inputs, attention_mask, chat=chat, template=template)
         logits, _ = self._forward(batch, [])
         return logits
 
@@ -220,6 +229,8 @@ class HookedModel:
         device: str | torch.device = "cpu",
         attention_mask: Tensor | None = None,
         return_logits: bool = False,
+        chat: bool = False,
+        template: str | None = None,
     ) -> ActivationCache | tuple[Tensor, ActivationCache]:
         """Run a forward pass and cache the selected activations.
 
@@ -231,6 +242,8 @@ class HookedModel:
                 always keep every position (``[batch, head, q, k]``).
             dtype: cast cached tensors (``torch.float16`` or ``"float16"``); default keeps the model's.
             device: where cached tensors go (default CPU, detached).
+            chat: wrap text prompts in the tokenizer's chat template (as :meth:`generate` does).
+            template: a ``"...{prompt}..."`` string to wrap text prompts in instead.
 
         Returns:
             An :class:`ActivationCache` (or ``(logits, cache)`` with ``return_logits=True``).
@@ -241,7 +254,7 @@ class HookedModel:
         check_positions(positions)
         dtype = as_dtype(dtype)
         chosen = resolve_names(names, self.hook_names)
-        batch = self.tokenize(inputs, attention_mask)
+        batch = self.tokenize(inputs, attention_mask, chat=chat, template=template)
 
         def reduce(name: str, x: Tensor) -> Tensor:
             if not name.endswith("hook_pattern"):
@@ -260,6 +273,40 @@ class HookedModel:
             meta={"provenance": self.provenance.to_dict()},
         )
         return (logits, cache) if return_logits else cache
+
+    def gradients(
+        self,
+        inputs: Inputs,
+        metric: Callable[[Tensor], Tensor],
+        names: NamesArg = "blocks.*.hook_resid_post",
+        attention_mask: Tensor | None = None,
+        chat: bool = False,
+        template: str | None = None,
+    ) -> ActivationCache:
+        """Gradients ``d metric(logits) / d activation`` at the named hooks, with active hooks in force.
+
+        Args:
+            inputs: strings or token ids, as for :meth:`run_with_cache`.
+            metric: ``metric(logits [batch, pos, vocab]) -> scalar tensor``.
+            names: hook names (exact, glob, list or predicate).
+
+        Returns:
+            An :class:`ActivationCache` of gradients, each with its activation's shape.
+
+        Example:
+            >>> g = model.gradients(["Hi"], lambda lg: lg[:, -1, 42].sum(), names="blocks.*.hook_resid_post")
+        """
+        from deltalens.hooks.gradients import activation_gradients
+
+        chosen = resolve_names(names, self.hook_names)
+        batch = self.tokenize(inputs, attention_mask, chat=chat, template=template)
+        grads = activation_gradients(self, batch, metric, chosen)
+        return ActivationCache(
+            grads,
+            input_ids=batch.input_ids.cpu(),
+            attention_mask=batch.attention_mask.cpu(),
+            meta={"provenance": self.provenance.to_dict(), "kind": "gradients"},
+        )
 
     # ---------------------------------------------------------------- generation
     def format_prompts(

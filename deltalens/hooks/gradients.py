@@ -1,0 +1,50 @@
+"""Gradients of a scalar metric of the logits with respect to activations at named hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from deltalens.hooks.names import execution_order
+
+if TYPE_CHECKING:
+    from deltalens.hooks.batch import Batch
+    from deltalens.hooks.model import HookedModel
+
+Metric = Callable[[Tensor], Tensor]
+"""``metric(logits [batch, pos, vocab]) -> scalar tensor``."""
+
+
+def activation_gradients(model: HookedModel, batch: Batch, metric: Metric, names: list[str]) -> dict[str, Tensor]:
+    """``{name: d metric / d activation}`` for one forward with the model's active edits in force.
+
+    Each gradient has its activation's shape (``[batch, pos, d_model]``; patterns
+    ``[batch, head, q, k]``), detached, on the CPU. A hook the metric does not depend on gets zeros.
+
+    Raises:
+        ValueError: ``metric`` did not return a scalar tensor that depends on the logits.
+    """
+    acts: dict[str, Tensor] = {}
+
+    def keep(name: str, x: Tensor) -> Tensor:
+        acts[name] = x
+        return x
+
+    order = execution_order(names, model.n_layers)
+    with torch.enable_grad():
+        logits, _ = model._backend.forward(batch, order, model._edits(), keep)
+        value = metric(logits)
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            raise ValueError(
+                f"metric must return a scalar tensor (e.g. logits[:, -1, a].sum()); got "
+                f"{type(value).__name__}{tuple(value.shape) if isinstance(value, Tensor) else ''}"
+            )
+        if not value.requires_grad:
+            raise ValueError("metric's value does not depend on the logits (it has no gradient)")
+        grads = torch.autograd.grad(value.reshape(()), [acts[n] for n in names], allow_unused=True)
+    return {
+        n: (g if g is not None else torch.zeros_like(acts[n])).detach().cpu() for n, g in zip(names, grads)
+    }
