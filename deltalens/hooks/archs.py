@@ -1,14 +1,25 @@
 """Per-architecture maps from the hook vocabulary to Hugging Face module paths (data, not code).
 
 Each :class:`ArchSpec` says where a hook name lives in a ``*ForCausalLM`` module tree:
-``(module path, "input" | "output", tuple index or None)``; ``{L}`` is the block index.
+``Site(module path, "input" | "output", tuple index or None, view)``; ``{L}`` is the block index.
+``view`` says how the module's tensor becomes the hook's: ``None`` (as it is), ``"heads"`` /
+``"kv_heads"`` (``[batch, pos, heads * d_head] -> [batch, pos, heads, d_head]``), or ``"q"`` / ``"k"``
+/ ``"v"`` (GPT-2's fused ``c_attn`` output: that third, split into heads).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-Site = tuple[str, str, int | None]
+
+class Site(NamedTuple):
+    """Where one hook lives: a module, its input or output, which tuple element, and the view."""
+
+    path: str
+    where: str
+    idx: int | None = None
+    view: str | None = None
 
 
 @dataclass(frozen=True)
@@ -24,9 +35,13 @@ class ArchSpec:
         """The site of a hook name such as ``blocks.3.hook_resid_post``."""
         if hook.startswith("blocks."):
             _, layer, rest = hook.split(".", 2)
-            path, where, idx = self.sites[rest]
-            return path.replace("{L}", layer), where, idx
-        return self.sites[hook]
+            site = Site(*self.sites[rest])
+            return site._replace(path=site.path.replace("{L}", layer))
+        return Site(*self.sites[hook])
+
+    def has(self, hook: str) -> bool:
+        """Whether this architecture has the hook (``blocks.{L}.`` prefixes aside)."""
+        return (hook.split(".", 2)[2] if hook.startswith("blocks.") else hook) in self.sites
 
 
 def _decoder(name: str, gemma: bool = False) -> ArchSpec:
@@ -35,8 +50,15 @@ def _decoder(name: str, gemma: bool = False) -> ArchSpec:
         "hook_embed": ("model.embed_tokens", "output", None),
         "hook_resid_pre": (layer, "input", None),
         "attn.hook_pattern": (f"{layer}.self_attn", "output", 1),
+        "attn.hook_q": (f"{layer}.self_attn.q_proj", "output", None, "heads"),
+        "attn.hook_k": (f"{layer}.self_attn.k_proj", "output", None, "kv_heads"),
+        "attn.hook_v": (f"{layer}.self_attn.v_proj", "output", None, "kv_heads"),
+        "attn.hook_z": (f"{layer}.self_attn.o_proj", "input", None, "heads"),
         "hook_attn_out": (f"{layer}.self_attn", "output", 0),
         "hook_resid_mid": (f"{layer}.post_attention_layernorm", "input", None),
+        "mlp.hook_pre": (f"{layer}.mlp.gate_proj", "output", None),
+        "mlp.hook_pre_linear": (f"{layer}.mlp.up_proj", "output", None),
+        "mlp.hook_post": (f"{layer}.mlp.down_proj", "input", None),
         "hook_mlp_out": (f"{layer}.mlp", "output", None),
         "hook_resid_post": (layer, "output", None),
         "ln_final.hook_normalized": ("model.norm", "output", None),
@@ -54,10 +76,17 @@ GPT2 = ArchSpec(
     layers="transformer.h",
     sites={
         "hook_embed": ("transformer.wte", "output", None),
+        "hook_pos_embed": ("transformer.wpe", "output", None),
         "hook_resid_pre": ("transformer.h.{L}", "input", None),
+        "attn.hook_q": ("transformer.h.{L}.attn.c_attn", "output", None, "q"),
+        "attn.hook_k": ("transformer.h.{L}.attn.c_attn", "output", None, "k"),
+        "attn.hook_v": ("transformer.h.{L}.attn.c_attn", "output", None, "v"),
+        "attn.hook_z": ("transformer.h.{L}.attn.c_proj", "input", None, "heads"),
         "attn.hook_pattern": ("transformer.h.{L}.attn", "output", 1),
         "hook_attn_out": ("transformer.h.{L}.attn", "output", 0),
         "hook_resid_mid": ("transformer.h.{L}.ln_2", "input", None),
+        "mlp.hook_pre": ("transformer.h.{L}.mlp.c_fc", "output", None),
+        "mlp.hook_post": ("transformer.h.{L}.mlp.c_proj", "input", None),
         "hook_mlp_out": ("transformer.h.{L}.mlp", "output", None),
         "hook_resid_post": ("transformer.h.{L}", "output", None),
         "ln_final.hook_normalized": ("transformer.ln_f", "output", None),

@@ -59,6 +59,37 @@ class Backend:
         self.n_layers = int(getattr(self.base_config, "num_hidden_layers", None) or self.base_config.n_layer)
 
     @property
+    def head_shape(self) -> tuple[int, int, int]:
+        """``(n_heads, n_kv_heads, d_head)`` of the attention."""
+        cfg = self.base_config
+        n = int(getattr(cfg, "num_attention_heads", None) or cfg.n_head)
+        kv = int(getattr(cfg, "num_key_value_heads", None) or n)
+        d = int(getattr(cfg, "head_dim", None) or (getattr(cfg, "hidden_size", None) or cfg.n_embd) // n)
+        return n, kv, d
+
+    def view(self, kind: str | None, x: Tensor) -> Tensor:
+        """The hook's view of a module tensor (see :class:`~deltalens.hooks.archs.Site`)."""
+        if kind is None:
+            return x
+        n, kv, d = self.head_shape
+        if kind in ("q", "k", "v"):
+            i = "qkv".index(kind)
+            x = x[..., i * n * d : (i + 1) * n * d]
+        heads = kv if kind == "kv_heads" else n
+        return x.reshape(*x.shape[:-1], heads, d)
+
+    def unview(self, kind: str | None, x: Tensor, act: Tensor) -> Tensor:
+        """The module tensor ``x`` with the part the hook sees replaced by ``act``."""
+        if kind is None:
+            return act
+        flat = act.reshape(*act.shape[:-2], act.shape[-2] * act.shape[-1])
+        if kind not in ("q", "k", "v"):
+            return flat
+        n, _, d = self.head_shape
+        i = "qkv".index(kind)
+        return torch.cat([x[..., : i * n * d], flat, x[..., (i + 1) * n * d :]], dim=-1)
+
+    @property
     def device(self) -> torch.device:
         """The device of the wrapped model's parameters."""
         return next(self.hf_model.parameters()).device
@@ -151,7 +182,6 @@ class NNsightBackend(Backend):
                 )
         wanted = execution_order(set(capture) | set(edits), self.n_layers)
         need_eager = any(n.endswith("hook_pattern") for n in capture)
-        acts: dict[str, Tensor] = {}
         saved: dict[str, Any] = {}
         with attn_implementation(self.hf_model, "eager" if need_eager else None):
             with self.engine.trace(
@@ -159,25 +189,44 @@ class NNsightBackend(Backend):
                 attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids,
             ):
-                for name in wanted:
-                    path, where, idx = self.arch.site(name)
-                    env = self._envoy(path)
-                    if where == "input":
-                        val = env.input
-                        if name in edits:
-                            env.input = apply_fns(edits[name], val)
-                            val = env.input
-                    else:
-                        out = env.output
-                        tup = isinstance(out, tuple)
-                        val = out[idx if idx is not None else 0] if tup else out
-                        if name in edits:
-                            new = apply_fns(edits[name], val)
-                            env.output = (new, *out[1:]) if tup else new
-                            val = new
-                    if name in capture:
-                        saved[name] = reduce(name, val).save()
+                for group in _site_groups(self.arch, wanted):
+                    self._visit(group, capture, edits, reduce, saved)
                 logits = self.engine.output.logits.save()
-        for name in capture:
-            acts[name] = saved[name]
-        return logits, acts
+        return logits, {name: saved[name] for name in capture}
+
+    def _visit(self, group, capture, edits, reduce, saved) -> None:
+        """Read one module site once; view, edit and capture every hook that lives there."""
+        (path, where), names = group
+        env = self._envoy(path)
+        value = env.input if where == "input" else env.output
+        edited = False
+        for name in names:
+            site = self.arch.site(name)
+            tup = isinstance(value, tuple)
+            part = value[site.idx or 0] if tup else value
+            act = self.view(site.view, part)
+            if name in edits:
+                act = apply_fns(edits[name], act)
+                part = self.unview(site.view, part, act)
+                value = (*value[: site.idx or 0], part, *value[(site.idx or 0) + 1 :]) if tup else part
+                edited = True
+            if name in capture:
+                saved[name] = reduce(name, act).save()
+        if edited:
+            if where == "input":
+                env.input = value
+            else:
+                env.output = value
+
+
+def _site_groups(arch: ArchSpec, names: list[str]) -> list[tuple[tuple[str, str], list[str]]]:
+    """Consecutive hooks (in execution order) grouped by the module site they read."""
+    groups: list[tuple[tuple[str, str], list[str]]] = []
+    for name in names:
+        site = arch.site(name)
+        key = (site.path, site.where)
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append(name)
+        else:
+            groups.append((key, [name]))
+    return groups

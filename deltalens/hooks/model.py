@@ -87,7 +87,7 @@ class HookedModel:
         self.max_positions: int | None = getattr(cfg, "max_position_embeddings", None) or getattr(
             cfg, "n_positions", None
         )
-        self.hook_names: list[str] = all_hook_names(self.n_layers)
+        self.hook_names: list[str] = all_hook_names(self.n_layers, backend.arch.has)
         self._active: dict[int, dict[str, HookFn]] = {}
         self._next_key = 0
         if self.tokenizer.pad_token is None:

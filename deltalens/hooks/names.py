@@ -2,10 +2,12 @@
 
 Every backend speaks these names:
 
-    hook_embed
+    hook_embed, hook_pos_embed (learned positions only)
     blocks.{L}.hook_resid_pre | hook_resid_mid | hook_resid_post
     blocks.{L}.hook_attn_out  | hook_mlp_out
-    blocks.{L}.attn.hook_pattern
+    blocks.{L}.attn.hook_q | hook_k | hook_v | hook_z   [batch, pos, head, d_head]
+    blocks.{L}.attn.hook_pattern                       [batch, head, q, k]
+    blocks.{L}.mlp.hook_pre | hook_pre_linear (gated MLPs) | hook_post   [batch, pos, d_mlp]
     ln_final.hook_normalized
 
 A *names* argument may be an exact name, a glob (``blocks.*.hook_resid_post``), a list of
@@ -22,26 +24,39 @@ from collections.abc import Callable, Iterable, Sequence
 
 NamesArg = str | Sequence[str] | Callable[[str], bool] | None
 
+TOP_HOOKS: tuple[str, ...] = ("hook_embed", "hook_pos_embed")
+"""Hooks before the first block, in execution order."""
+
 BLOCK_HOOKS: tuple[str, ...] = (
     "hook_resid_pre",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_z",
     "attn.hook_pattern",
     "hook_attn_out",
     "hook_resid_mid",
+    "mlp.hook_pre",
+    "mlp.hook_pre_linear",
+    "mlp.hook_post",
     "hook_mlp_out",
     "hook_resid_post",
 )
-"""Per-block hooks, in execution order."""
+"""Per-block hooks, in the order the engines reach their sites (``hook_z`` is the output
+projection's input, reached before the attention module returns its pattern)."""
+
+FINAL_HOOKS: tuple[str, ...] = ("ln_final.hook_normalized",)
 
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
-def all_hook_names(n_layers: int) -> list[str]:
-    """Every hook name of an ``n_layers`` model, in execution order."""
-    names = ["hook_embed"]
+def all_hook_names(n_layers: int, has: Callable[[str], bool] | None = None) -> list[str]:
+    """Every hook name of an ``n_layers`` model, in execution order (``has``: keep only its hooks)."""
+    names = list(TOP_HOOKS)
     for layer in range(n_layers):
         names += [f"blocks.{layer}.{h}" for h in BLOCK_HOOKS]
-    names.append("ln_final.hook_normalized")
-    return names
+    names += FINAL_HOOKS
+    return [n for n in names if has is None or has(n)]
 
 
 def layer_of(name: str) -> int | None:
