@@ -4,7 +4,8 @@ Each :class:`ArchSpec` says where a hook name lives in a ``*ForCausalLM`` module
 ``Site(module path, "input" | "output", tuple index or None, view)``; ``{L}`` is the block index.
 ``view`` says how the module's tensor becomes the hook's: ``None`` (as it is), ``"heads"`` /
 ``"kv_heads"`` (``[batch, pos, heads * d_head] -> [batch, pos, heads, d_head]``), or ``"q"`` / ``"k"``
-/ ``"v"`` (GPT-2's fused ``c_attn`` output: that third, split into heads).
+/ ``"v"`` (GPT-2's fused ``c_attn`` output: that third, split into heads). ``where="attention"``
+marks hooks computed inside the attention function of that module (:mod:`deltalens.hooks.attention`).
 """
 
 from __future__ import annotations
@@ -49,10 +50,13 @@ def _decoder(name: str, gemma: bool = False) -> ArchSpec:
     sites: dict[str, Site] = {
         "hook_embed": ("model.embed_tokens", "output", None),
         "hook_resid_pre": (layer, "input", None),
-        "attn.hook_pattern": (f"{layer}.self_attn", "output", 1),
         "attn.hook_q": (f"{layer}.self_attn.q_proj", "output", None, "heads"),
         "attn.hook_k": (f"{layer}.self_attn.k_proj", "output", None, "kv_heads"),
         "attn.hook_v": (f"{layer}.self_attn.v_proj", "output", None, "kv_heads"),
+        "attn.hook_rot_q": (f"{layer}.self_attn", "attention", None),
+        "attn.hook_rot_k": (f"{layer}.self_attn", "attention", None),
+        "attn.hook_attn_scores": (f"{layer}.self_attn", "attention", None),
+        "attn.hook_pattern": (f"{layer}.self_attn", "attention", None),
         "attn.hook_z": (f"{layer}.self_attn.o_proj", "input", None, "heads"),
         "hook_attn_out": (f"{layer}.self_attn", "output", 0),
         "hook_resid_mid": (f"{layer}.post_attention_layernorm", "input", None),
@@ -81,8 +85,9 @@ GPT2 = ArchSpec(
         "attn.hook_q": ("transformer.h.{L}.attn.c_attn", "output", None, "q"),
         "attn.hook_k": ("transformer.h.{L}.attn.c_attn", "output", None, "k"),
         "attn.hook_v": ("transformer.h.{L}.attn.c_attn", "output", None, "v"),
+        "attn.hook_attn_scores": ("transformer.h.{L}.attn", "attention", None),
+        "attn.hook_pattern": ("transformer.h.{L}.attn", "attention", None),
         "attn.hook_z": ("transformer.h.{L}.attn.c_proj", "input", None, "heads"),
-        "attn.hook_pattern": ("transformer.h.{L}.attn", "output", 1),
         "hook_attn_out": ("transformer.h.{L}.attn", "output", 0),
         "hook_resid_mid": ("transformer.h.{L}.ln_2", "input", None),
         "mlp.hook_pre": ("transformer.h.{L}.mlp.c_fc", "output", None),

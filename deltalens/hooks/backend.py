@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from deltalens.hooks import attention
 from deltalens.hooks.archs import ArchSpec
 from deltalens.hooks.edits import apply_fns
 from deltalens.hooks.weights import base_module
@@ -174,25 +175,36 @@ class NNsightBackend(Backend):
         """See :meth:`Backend.forward`."""
         from deltalens.hooks.names import execution_order
 
-        for name in edits:
-            if name.endswith("hook_pattern"):
-                raise NotImplementedError(
-                    "editing attn.hook_pattern is not supported on the nnsight backend "
-                    "(the pattern is an output of attention, not an input to it); use backend='transformer_lens'"
-                )
         wanted = execution_order(set(capture) | set(edits), self.n_layers)
-        need_eager = any(n.endswith("hook_pattern") for n in capture)
+        inside = [n for n in wanted if self.arch.site(n).where == "attention"]
         saved: dict[str, Any] = {}
-        with attn_implementation(self.hf_model, "eager" if need_eager else None):
-            with self.engine.trace(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-            ):
-                for group in _site_groups(self.arch, wanted):
-                    self._visit(group, capture, edits, reduce, saved)
-                logits = self.engine.output.logits.save()
+        outside = [n for n in wanted if n not in inside]
+        impl = attention.register() if inside else None
+        fns = self._attention_fns(inside, capture, edits, reduce, saved)
+        with attn_implementation(self.hf_model, impl), attention.attention_hooks(fns):
+            logits = self._trace(batch, outside, capture, edits, reduce, saved)
         return logits, {name: saved[name] for name in capture}
+
+    def _trace(self, batch, names, capture, edits, reduce, saved) -> Tensor:
+        with self.engine.trace(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+        ):
+            for group in _site_groups(self.arch, names):
+                self._visit(group, capture, edits, reduce, saved)
+            logits = self.engine.output.logits.save()
+        return logits
+
+    def _attention_fns(self, names, capture, edits, reduce, saved) -> dict[nn.Module, dict[str, Callable]]:
+        """Per attention module, the functions its hooked attention calls (edit, then capture)."""
+        fns: dict[nn.Module, dict[str, Callable]] = {}
+        inner = base_module(self.hf_model)
+        for name in names:
+            module = inner.get_submodule(self.arch.site(name).path)
+            kind = attention.KINDS[name.split(".", 2)[2]]
+            fns.setdefault(module, {})[kind] = _edit_then_keep(name, edits.get(name, []), capture, reduce, saved)
+        return fns
 
     def _visit(self, group, capture, edits, reduce, saved) -> None:
         """Read one module site once; view, edit and capture every hook that lives there."""
@@ -217,6 +229,16 @@ class NNsightBackend(Backend):
                 env.input = value
             else:
                 env.output = value
+
+
+def _edit_then_keep(name: str, fns: list[HookFn], capture, reduce, saved) -> Callable[[Tensor], Tensor]:
+    def run(x: Tensor) -> Tensor:
+        x = apply_fns(fns, x)
+        if name in capture:
+            saved[name] = reduce(name, x)
+        return x
+
+    return run
 
 
 def _site_groups(arch: ArchSpec, names: list[str]) -> list[tuple[tuple[str, str], list[str]]]:

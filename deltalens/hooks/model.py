@@ -257,7 +257,7 @@ class HookedModel:
         batch = self.tokenize(inputs, attention_mask, chat=chat, template=template)
 
         def reduce(name: str, x: Tensor) -> Tensor:
-            if not name.endswith("hook_pattern"):
+            if not name.endswith(("hook_pattern", "hook_attn_scores")):
                 x = select_positions(x, positions, batch)
             x = x.detach().to(device=device)
             if dtype is not None and x.is_floating_point():

@@ -6,7 +6,8 @@ Every backend speaks these names:
     blocks.{L}.hook_resid_pre | hook_resid_mid | hook_resid_post
     blocks.{L}.hook_attn_out  | hook_mlp_out
     blocks.{L}.attn.hook_q | hook_k | hook_v | hook_z   [batch, pos, head, d_head]
-    blocks.{L}.attn.hook_pattern                       [batch, head, q, k]
+    blocks.{L}.attn.hook_rot_q | hook_rot_k (rotary)  [batch, pos, head, d_head]
+    blocks.{L}.attn.hook_attn_scores | hook_pattern    [batch, head, q, k]
     blocks.{L}.mlp.hook_pre | hook_pre_linear (gated MLPs) | hook_post   [batch, pos, d_mlp]
     ln_final.hook_normalized
 
@@ -32,8 +33,11 @@ BLOCK_HOOKS: tuple[str, ...] = (
     "attn.hook_q",
     "attn.hook_k",
     "attn.hook_v",
-    "attn.hook_z",
+    "attn.hook_rot_q",
+    "attn.hook_rot_k",
+    "attn.hook_attn_scores",
     "attn.hook_pattern",
+    "attn.hook_z",
     "hook_attn_out",
     "hook_resid_mid",
     "mlp.hook_pre",
@@ -42,8 +46,7 @@ BLOCK_HOOKS: tuple[str, ...] = (
     "hook_mlp_out",
     "hook_resid_post",
 )
-"""Per-block hooks, in the order the engines reach their sites (``hook_z`` is the output
-projection's input, reached before the attention module returns its pattern)."""
+"""Per-block hooks, in execution order."""
 
 FINAL_HOOKS: tuple[str, ...] = ("ln_final.hook_normalized",)
 
