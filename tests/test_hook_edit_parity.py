@@ -2,7 +2,8 @@
 
 The reference is independent of deltalens: raw PyTorch hooks on a freshly built Hugging Face model
 with the same weights, at the place each TransformerLens hook name denotes. Every architecture,
-both backends, a left- and a right-padded batch.
+both backends, a left- and a right-padded batch. Weights are perturbed so that norm gains are not 1
+(TransformerLens's ``hook_normalized`` is before the gain: an edit there is scaled by it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import deltalens as dl
-from deltalens.testing import tiny_model
+from deltalens.testing import perturb, tiny_model
 
 ARCHS = ("gpt2", "llama", "qwen2", "gemma3")
 PROMPTS = ["import os", "def main(): return 1 + 2"]
@@ -24,13 +25,15 @@ def _paths(arch: str, layer: int) -> dict[str, str]:
     if arch == "gpt2":
         block = f"transformer.h.{layer}"
         return {"block": block, "attn": f"{block}.attn", "mlp": f"{block}.mlp", "embed": "transformer.wte",
-                "norm": "transformer.ln_f"}
+                "norm": "transformer.ln_f", "ln1": f"{block}.ln_1", "ln2": f"{block}.ln_2",
+                "o": f"{block}.attn.c_proj"}
     block = f"model.layers.{layer}"
+    common = {"block": block, "embed": "model.embed_tokens", "norm": "model.norm", "ln1": f"{block}.input_layernorm",
+              "o": f"{block}.self_attn.o_proj"}
     if arch == "gemma3":  # Gemma 3 adds the *normalised* sublayer outputs to the residual stream
-        return {"block": block, "attn": f"{block}.post_attention_layernorm",
-                "mlp": f"{block}.post_feedforward_layernorm", "embed": "model.embed_tokens", "norm": "model.norm"}
-    return {"block": block, "attn": f"{block}.self_attn", "mlp": f"{block}.mlp", "embed": "model.embed_tokens",
-            "norm": "model.norm"}
+        return {**common, "attn": f"{block}.post_attention_layernorm", "mlp": f"{block}.post_feedforward_layernorm",
+                "ln2": f"{block}.pre_feedforward_layernorm"}
+    return {**common, "attn": f"{block}.self_attn", "mlp": f"{block}.mlp", "ln2": f"{block}.post_attention_layernorm"}
 
 
 def _first(out):
@@ -41,9 +44,51 @@ def _replace_first(out, new):
     return (new, *out[1:]) if isinstance(out, tuple) else new
 
 
+def _model(arch: str):
+    model, tok = tiny_model(arch)
+    return perturb(model, seed=3, scale=0.1), tok
+
+
 @functools.cache
 def _reference_model(arch: str):
-    return tiny_model(arch)[0]
+    return _model(arch)[0]
+
+
+def _norm_kind(arch: str) -> str:
+    return {"gpt2": "layernorm", "gemma3": "gemma"}.get(arch, "rms")
+
+
+def _on_norm(module, fn, part: str, kind: str):
+    """Edit a norm's scale or normalised vector (before its gain) and recompute its output."""
+
+    def h(mod, args, out):
+        x = args[0]
+        if kind == "layernorm":
+            x = x - x.mean(-1, keepdim=True)
+        eps = getattr(mod, "variance_epsilon", None) or mod.eps
+        scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        if part == "scale":
+            scale = fn(scale)
+        normed = x / scale
+        if part == "normalized":
+            normed = fn(normed)
+        if kind == "gemma":
+            return normed * (1.0 + mod.weight)
+        return normed * mod.weight + (mod.bias if kind == "layernorm" else 0.0)
+
+    return module.register_forward_hook(h)
+
+
+def _on_result(module, fn, n_heads: int):
+    """Edit each head's write through the output projection: out = sum_h fn(result)_h + bias."""
+
+    def h(mod, args, out):
+        z = args[0].reshape(*args[0].shape[:-1], n_heads, -1)
+        w = mod.weight.T if type(mod).__name__ == "Conv1D" else mod.weight  # [d_model, heads * d_head]
+        result = torch.einsum("bphd,mhd->bphm", z, w.reshape(w.shape[0], n_heads, -1))
+        return fn(result).sum(-2) + (mod.bias if mod.bias is not None else 0.0)
+
+    return module.register_forward_hook(h)
 
 
 def _on_output(module, fn):
@@ -77,7 +122,6 @@ def _resid_mid(model, p, fn):
 
 _SITES = {  # hook suffix -> (kind, key of _paths)
     "hook_embed": ("output", "embed"),
-    "ln_final.hook_normalized": ("output", "norm"),
     "hook_resid_pre": ("input", "block"),
     "hook_resid_post": ("output", "block"),
     "hook_attn_out": ("output", "attn"),
@@ -91,8 +135,14 @@ def _reference_logits(arch: str, hook: str, fn, batch) -> torch.Tensor:
     layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else 0
     p = _paths(arch, layer)
     suffix = hook.split(".", 2)[-1] if hook.startswith("blocks.") else hook
+    norm = {"ln1": "ln1", "ln2": "ln2", "ln_final": "norm"}.get(suffix.split(".")[0])
     if suffix == "hook_resid_mid":
         handles = _resid_mid(model, p, fn)
+    elif norm is not None:
+        handles = [_on_norm(model.get_submodule(p[norm]), fn, suffix.split("hook_")[1], _norm_kind(arch))]
+    elif suffix == "attn.hook_result":
+        heads = getattr(model.config, "num_attention_heads", None) or model.config.n_head
+        handles = [_on_result(model.get_submodule(p["o"]), fn, heads)]
     else:
         kind, key = _SITES[suffix]
         register = _on_output if kind == "output" else _on_block_input
@@ -115,7 +165,11 @@ HOOKS = (
     "blocks.1.hook_resid_mid",
     "blocks.0.hook_mlp_out",
     "blocks.1.hook_resid_post",
+    "blocks.0.ln1.hook_normalized",
+    "blocks.1.ln2.hook_scale",
+    "blocks.1.attn.hook_result",
     "ln_final.hook_normalized",
+    "ln_final.hook_scale",
 )
 
 
@@ -123,7 +177,7 @@ HOOKS = (
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def loaded(request):
     arch, backend = request.param
-    model, tok = tiny_model(arch)
+    model, tok = _model(arch)
     return arch, dl.load(model, tokenizer=tok, backend=backend)
 
 
@@ -138,7 +192,7 @@ def test_edit_matches_the_same_edit_inside_the_model(loaded, hook, side):
     v = torch.randn(m.d_model, generator=g)
 
     def fn(x):
-        return x * 1.5 + v.to(x.dtype)
+        return x * 1.5 + (v.to(x.dtype) if x.shape[-1] == v.shape[0] else 0.5)
 
     with m.hooks({hook: fn}):
         got = m.logits(batch.input_ids, attention_mask=batch.attention_mask)

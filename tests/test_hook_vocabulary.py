@@ -155,3 +155,78 @@ def test_hook_names_per_architecture():
     assert "blocks.0.mlp.hook_pre_linear" not in gpt2.hook_names
     with pytest.raises(KeyError, match="blocks.0.mlp.hook_pre"):
         gpt2.run_with_cache("x", names="blocks.0.mlp.hook_pre_linear")
+
+
+def _raw_internals(arch: str, batch) -> dict[str, torch.Tensor]:
+    """Block 1's norm, attention and per-head values computed from raw HF module tensors (perturbed weights)."""
+    from deltalens.testing import perturb
+
+    model = perturb(tiny_model(arch)[0], seed=3, scale=0.1)
+    gpt2 = arch == "gpt2"
+    block = model.transformer.h[1] if gpt2 else model.model.layers[1]
+    ln1 = block.ln_1 if gpt2 else block.input_layernorm
+    attn = block.attn if gpt2 else block.self_attn
+    o_proj = attn.c_proj if gpt2 else attn.o_proj
+    seen = {}
+    hs = [ln1.register_forward_hook(lambda m, a, o: seen.__setitem__("ln1_in", a[0])),
+          o_proj.register_forward_hook(lambda m, a, o: seen.__setitem__("z", a[0]))]
+    if not gpt2:
+        hs.append(attn.q_proj.register_forward_hook(lambda m, a, o: seen.__setitem__("q", o)))
+        hs.append(attn.k_proj.register_forward_hook(lambda m, a, o: seen.__setitem__("k", o)))
+    model.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids, output_attentions=True)
+    finally:
+        for h in hs:
+            h.remove()
+    x = seen["ln1_in"]
+    if gpt2:
+        x = x - x.mean(-1, keepdim=True)
+    eps = getattr(ln1, "variance_epsilon", None) or ln1.eps
+    scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    n = getattr(model.config, "num_attention_heads", None) or model.config.n_head
+    z = seen["z"].reshape(*seen["z"].shape[:-1], n, -1)
+    w = o_proj.weight.T if gpt2 else o_proj.weight
+    ref = {"blocks.1.ln1.hook_scale": scale, "blocks.1.ln1.hook_normalized": x / scale,
+           "blocks.1.attn.hook_result": torch.einsum("bphd,mhd->bphm", z, w.reshape(w.shape[0], n, -1)),
+           "blocks.1.attn.hook_pattern": out.attentions[1]}
+    if not gpt2:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        extra = (model.config.layer_types[1],) if arch == "gemma3" else ()
+        cos, sin = model.model.rotary_emb(seen["q"], batch.position_ids, *extra)
+        d = attn.head_dim
+        q = seen["q"].reshape(*seen["q"].shape[:-1], -1, d).transpose(1, 2)
+        k = seen["k"].reshape(*seen["k"].shape[:-1], -1, d).transpose(1, 2)
+        if arch == "gemma3":
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        rq, rk = apply_rotary_pos_emb(q, k, cos, sin)
+        ref["blocks.1.attn.hook_rot_q"], ref["blocks.1.attn.hook_rot_k"] = rq.transpose(1, 2), rk.transpose(1, 2)
+        groups = rq.shape[1] // rk.shape[1]
+        ref["blocks.1.attn.hook_attn_scores"] = rq @ rk.repeat_interleave(groups, 1).transpose(2, 3) * attn.scaling
+    return ref
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("backend", ["nnsight", "transformer_lens"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_norm_attention_and_result_hooks_equal_raw_values(arch, backend, side):
+    from deltalens.testing import perturb
+
+    model, tok = tiny_model(arch)
+    m = dl.load(perturb(model, seed=3, scale=0.1), tokenizer=tok, backend=backend)
+    batch = m.tokenize(PROMPTS, padding_side=side)
+    ref = _raw_internals(arch, batch)
+    cache = m.run_with_cache(batch.input_ids, names=list(ref), attention_mask=batch.attention_mask)
+    mask = batch.attention_mask.bool()
+    # real, causal (query, key) pairs
+    seen = (ref["blocks.1.attn.hook_pattern"] > 0) & mask[:, None, :, None] & mask[:, None, None, :]
+    for name, want in ref.items():
+        got = cache[name]
+        assert got.shape == want.shape, name
+        if name.endswith(("hook_pattern", "hook_attn_scores")):
+            torch.testing.assert_close(got[seen], want[seen], atol=1e-5, rtol=1e-5, msg=name)
+        else:
+            torch.testing.assert_close(got[mask], want[mask], atol=1e-5, rtol=1e-5, msg=name)

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from deltalens.hooks import attention
+from deltalens.hooks import attention, derived
 from deltalens.hooks.archs import ArchSpec
 from deltalens.hooks.edits import apply_fns
 from deltalens.hooks.weights import base_module
+
+DERIVED = derived.KINDS
 
 if TYPE_CHECKING:
     from deltalens.hooks.batch import Batch, HookFn
@@ -136,17 +138,27 @@ class TransformerLensBackend(Backend):
         """See :meth:`Backend.forward`."""
         acts: dict[str, Tensor] = {}
         hooks: list[tuple[str, Callable]] = []
+        results = any(n.endswith("hook_result") for n in [*capture, *edits])
+        if results:  # the bridge computes per-head results only when asked to
+            self.engine.set_use_attn_result(True)
+        try:
+            logits = self._run(batch, capture, edits, reduce, acts, hooks)
+        finally:
+            if results:
+                self.engine.set_use_attn_result(False)
+        return logits, acts
+
+    def _run(self, batch, capture, edits, reduce, acts, hooks) -> Tensor:
         for name, fns in edits.items():
             hooks.append((name, lambda x, hook, fns=fns: apply_fns(fns, x)))
         for name in capture:
             hooks.append((name, lambda x, hook, n=name: acts.__setitem__(n, reduce(n, x))))
-        logits = self.engine.run_with_hooks(
+        return self.engine.run_with_hooks(
             batch.input_ids,
             fwd_hooks=hooks,
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
         )
-        return logits, acts
 
 
 class NNsightBackend(Backend):
@@ -211,8 +223,9 @@ class NNsightBackend(Backend):
         (path, where), names = group
         env = self._envoy(path)
         value = env.input if where == "input" else env.output
+        plain = [n for n in names if self.arch.site(n).view not in DERIVED]
         edited = False
-        for name in names:
+        for name in plain:
             site = self.arch.site(name)
             tup = isinstance(value, tuple)
             part = value[site.idx or 0] if tup else value
@@ -229,6 +242,42 @@ class NNsightBackend(Backend):
                 env.input = value
             else:
                 env.output = value
+        derived = [n for n in names if n not in plain]
+        if derived:
+            x = value[0] if isinstance(value, tuple) else value
+            new = self._derived(path, x, derived, capture, edits, reduce, saved)
+            if new is not None:
+                env.output = new
+
+    def _derived(self, path, x, names, capture, edits, reduce, saved) -> Tensor | None:
+        """Hooks computed from a module's input; returns the module's new output if any was edited."""
+        module = base_module(self.hf_model).get_submodule(path)
+        kinds = {self.arch.site(n).view: n for n in names}
+        if "result" in kinds:
+            result = derived.head_results(module, self.view("heads", x))
+            return self._edit_keep(kinds["result"], result, capture, edits, reduce, saved, derived.sum_results(module))
+        scale, normalized = derived.norm_parts(module, x, self.arch.norm)
+        touched = False
+        if "scale" in kinds:
+            new = self._edit_keep(kinds["scale"], scale, capture, edits, reduce, saved)
+            if new is not None:
+                scale, touched = new, True
+                normalized = derived.normalize(x, scale, self.arch.norm)
+        if "normalized" in kinds:
+            new = self._edit_keep(kinds["normalized"], normalized, capture, edits, reduce, saved)
+            if new is not None:
+                normalized, touched = new, True
+        return derived.norm_output(module, normalized, self.arch.norm).to(x.dtype) if touched else None
+
+    @staticmethod
+    def _edit_keep(name, act, capture, edits, reduce, saved, rebuild=None) -> Tensor | None:
+        """Apply ``name``'s edits to ``act`` and capture it; the edited value (rebuilt) or None."""
+        new = apply_fns(edits[name], act) if name in edits else None
+        if name in capture:
+            saved[name] = reduce(name, act if new is None else new).save()
+        if new is None:
+            return None
+        return rebuild(new) if rebuild is not None else new
 
 
 def _edit_then_keep(name: str, fns: list[HookFn], capture, reduce, saved) -> Callable[[Tensor], Tensor]:

@@ -9,7 +9,9 @@ Every backend speaks these names:
     blocks.{L}.attn.hook_rot_q | hook_rot_k (rotary)  [batch, pos, head, d_head]
     blocks.{L}.attn.hook_attn_scores | hook_pattern    [batch, head, q, k]
     blocks.{L}.mlp.hook_pre | hook_pre_linear (gated MLPs) | hook_post   [batch, pos, d_mlp]
-    ln_final.hook_normalized
+    blocks.{L}.attn.hook_result (computed when asked)   [batch, pos, head, d_model]
+    blocks.{L}.ln1 | ln2 .hook_scale [batch, pos, 1] | .hook_normalized [batch, pos, d_model]
+    ln_final.hook_scale | ln_final.hook_normalized
 
 A *names* argument may be an exact name, a glob (``blocks.*.hook_resid_post``), a list of
 either, or a predicate ``Callable[[str], bool]``. Unknown exact names raise a ``KeyError``
@@ -30,6 +32,8 @@ TOP_HOOKS: tuple[str, ...] = ("hook_embed", "hook_pos_embed")
 
 BLOCK_HOOKS: tuple[str, ...] = (
     "hook_resid_pre",
+    "ln1.hook_scale",
+    "ln1.hook_normalized",
     "attn.hook_q",
     "attn.hook_k",
     "attn.hook_v",
@@ -38,8 +42,11 @@ BLOCK_HOOKS: tuple[str, ...] = (
     "attn.hook_attn_scores",
     "attn.hook_pattern",
     "attn.hook_z",
+    "attn.hook_result",
     "hook_attn_out",
     "hook_resid_mid",
+    "ln2.hook_scale",
+    "ln2.hook_normalized",
     "mlp.hook_pre",
     "mlp.hook_pre_linear",
     "mlp.hook_post",
@@ -48,7 +55,7 @@ BLOCK_HOOKS: tuple[str, ...] = (
 )
 """Per-block hooks, in execution order."""
 
-FINAL_HOOKS: tuple[str, ...] = ("ln_final.hook_normalized",)
+FINAL_HOOKS: tuple[str, ...] = ("ln_final.hook_scale", "ln_final.hook_normalized")
 
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 
