@@ -19,7 +19,19 @@ def _metric(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, -1, 7].sum() - logits[:, -1, 11].sum() + 0.1 * logits[:, -1].square().mean()
 
 
-def _reference_grads(arch: str, batch, layer: int) -> dict[str, torch.Tensor]:
+def _last_real_metric(mask: torch.Tensor):
+    """The metric at each row's last real token (any padding side)."""
+    last = mask.shape[1] - 1 - mask.flip(-1).long().argmax(-1)
+    rows = torch.arange(mask.shape[0])
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        sel = logits[rows, last]
+        return sel[:, 7].sum() - sel[:, 11].sum() + 0.1 * sel.square().mean()
+
+    return metric
+
+
+def _reference_grads(arch: str, batch, layer: int, metric) -> dict[str, torch.Tensor]:
     model, _ = tiny_model(arch)
     blocks = model.transformer.h if arch == "gpt2" else model.model.layers
     embed = model.transformer.wte if arch == "gpt2" else model.model.embed_tokens
@@ -44,22 +56,24 @@ def _reference_grads(arch: str, batch, layer: int) -> dict[str, torch.Tensor]:
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
         ).logits
         names = ["embed", "resid_pre", "resid_post"]
-        grads = torch.autograd.grad(_metric(logits), [kept[n] for n in names])
+        grads = torch.autograd.grad(metric(logits), [kept[n] for n in names])
     finally:
         for h in handles:
             h.remove()
     return dict(zip(names, grads))
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("backend", ["nnsight", "transformer_lens"])
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_gradients_equal_autograd_on_the_hf_model(arch, backend):
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "gemma3"])
+def test_gradients_equal_autograd_on_the_hf_model(arch, backend, side):
     model, tok = tiny_model(arch)
     m = dl.load(model, tokenizer=tok, backend=backend)
-    batch = m.tokenize(PROMPTS, padding_side="left")
+    batch = m.tokenize(PROMPTS, padding_side=side)
     names = ["hook_embed", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
-    got = m.gradients(batch.input_ids, _metric, names=names, attention_mask=batch.attention_mask)
-    want = _reference_grads(arch, batch, 1)
+    metric = _last_real_metric(batch.attention_mask)
+    got = m.gradients(batch.input_ids, metric, names=names, attention_mask=batch.attention_mask)
+    want = _reference_grads(arch, batch, 1, metric)
     for name, key in zip(names, ("embed", "resid_pre", "resid_post")):
         assert got[name].shape == want[key].shape
         assert want[key].abs().max() > 0

@@ -11,15 +11,17 @@ from torch import Tensor
 from deltalens.hooks.names import execution_order
 
 if TYPE_CHECKING:
-    from deltalens.hooks.batch import Batch
-    from deltalens.hooks.model import HookedModel
+    from deltalens.hooks.backend import Backend
+    from deltalens.hooks.batch import Batch, HookFn
 
 Metric = Callable[[Tensor], Tensor]
 """``metric(logits [batch, pos, vocab]) -> scalar tensor``."""
 
 
-def activation_gradients(model: HookedModel, batch: Batch, metric: Metric, names: list[str]) -> dict[str, Tensor]:
-    """``{name: d metric / d activation}`` for one forward with the model's active edits in force.
+def activation_gradients(
+    backend: Backend, edits: dict[str, list[HookFn]], batch: Batch, metric: Metric, names: list[str]
+) -> dict[str, Tensor]:
+    """``{name: d metric / d activation}`` for one forward through ``backend`` with ``edits`` in force.
 
     Each gradient has its activation's shape (``[batch, pos, d_model]``; patterns
     ``[batch, head, q, k]``), detached, on the CPU. A hook the metric does not depend on gets zeros.
@@ -33,9 +35,9 @@ def activation_gradients(model: HookedModel, batch: Batch, metric: Metric, names
         acts[name] = x
         return x
 
-    order = execution_order(names, model.n_layers)
+    order = execution_order(names, backend.n_layers)
     with torch.enable_grad():
-        logits, _ = model._backend.forward(batch, order, model._edits(), keep)
+        logits, _ = backend.forward(batch, order, edits, keep)
         value = metric(logits)
         if not isinstance(value, Tensor) or value.numel() != 1:
             raise ValueError(

@@ -300,7 +300,7 @@ class HookedModel:
 
         chosen = resolve_names(names, self.hook_names)
         batch = self.tokenize(inputs, attention_mask, chat=chat, template=template)
-        grads = activation_gradients(self, batch, metric, chosen)
+        grads = activation_gradients(self._backend, self._edits(), batch, metric, chosen)
         return ActivationCache(
             grads,
             input_ids=batch.input_ids.cpu(),
