@@ -114,3 +114,20 @@ def test_template_on_run_with_cache_and_logits():
     torch.testing.assert_close(m.logits(PROMPTS[0], template=tpl), m.logits(tpl.replace("{prompt}", PROMPTS[0])))
     with pytest.raises(ValueError, match="chat=True but this tokenizer has no chat template"):
         m.logits(PROMPTS, chat=True)
+
+
+def test_template_in_collect_matches_run_with_cache(tmp_path):
+    from deltalens.probes import collect
+
+    model, tok = tiny_model("llama")
+    m = dl.load(model, tokenizer=tok, backend="nnsight")
+    tpl = "Q: {prompt}\nA:"
+    acts = collect(m, PROMPTS, names="blocks.1.hook_resid_post", template=tpl, progress=False)
+    want = m.run_with_cache(PROMPTS, names="blocks.1.hook_resid_post", positions="last", template=tpl)
+    torch.testing.assert_close(acts.stack()[:, 0], want["blocks.1.hook_resid_post"])
+    out = tmp_path / "acts"
+    collect(m, PROMPTS, names="blocks.1.hook_resid_post", template=tpl, out=out, progress=False)
+    with pytest.raises(ValueError):  # another template is another collection: no silent resume
+        collect(m, PROMPTS, names="blocks.1.hook_resid_post", template="> {prompt}", out=out, progress=False)
+    with pytest.raises(ValueError, match="slot"):
+        collect(m, PROMPTS, names="blocks.1.hook_resid_post", template="no slot", progress=False)

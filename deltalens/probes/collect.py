@@ -166,6 +166,8 @@ class _Job:
     positions: str | int
     batch_size: int
     dtype: torch.dtype
+    chat: bool = False
+    template: str | None = None
 
     def run(self, idx: list[int], bar: Any = None) -> dict[str, Tensor]:
         """Activations for ``texts[idx]``, ``{name: [len(idx), d]}``; batches of similar length."""
@@ -176,7 +178,9 @@ class _Job:
         for s in range(0, len(order), self.batch_size):
             chunk = order[s : s + self.batch_size]
             pos = None if positions == "mean" else positions
-            cache = self.model.run_with_cache([texts[i] for i in chunk], names=self.names, positions=pos)
+            cache = self.model.run_with_cache(
+                [texts[i] for i in chunk], names=self.names, positions=pos, chat=self.chat, template=self.template
+            )
             acts = {n: _pool(cache, n, positions).to(dtype) for n in self.names}
             _check_finite(acts, s, order, texts)
             rows = torch.tensor([rank[i] for i in chunk])
@@ -197,6 +201,8 @@ class _Job:
             "n_prompts": len(self.texts),
             "names": self.names,
             "positions": self.positions,
+            "chat": self.chat,
+            "template": self.template,
             "dtype": str(self.dtype).replace("torch.", ""),
             "model": model_id,
         }
@@ -267,6 +273,8 @@ def collect(
     overwrite: bool = False,
     progress: bool = True,
     on_shard: Callable[[ShardInfo], None] | None = None,
+    chat: bool = False,
+    template: str | None = None,
 ) -> Collected:
     """Cache one activation vector per prompt and hook, batch by batch.
 
@@ -277,20 +285,19 @@ def collect(
         positions: ``"last"`` (last real token), ``"mean"`` (over real tokens) or an int (padded position).
         batch_size: prompts per forward pass (prompts of similar length are batched together).
         out: a folder to stream safetensors shards into (resumable); None keeps all in memory.
-        labels, groups: one per prompt; kept on the result for probes and splits.
-        dtype: storage dtype.
+        labels, groups: one per prompt, kept for probes and splits; dtype: storage dtype.
         shard_size: prompts per shard (default about 64 MiB; a resumed run keeps its own size).
         overwrite: with ``out``, discard an existing collection made with other arguments or edits.
-        progress: show a tqdm bar.
-        on_shard: called with a :class:`ShardInfo` after each shard is written.
+        progress: show a tqdm bar; on_shard: called with a :class:`ShardInfo` after each shard.
+        chat, template: wrap prompts in the chat template or a ``"...{prompt}..."`` string (resume key).
 
     Returns:
         A :class:`Collected`; ``.stack()`` gives ``[n_prompts, layer, d]``.
 
     Raises:
         NonFiniteActivationError: an activation is NaN / inf (names the hook and prompt index).
-        ValueError: no prompts, label / group counts that do not match, or an ``out`` folder that cannot be
-            resumed: other prompts, hooks, dtype ..., or edits active then or now (see the module docstring).
+        ValueError: no prompts, mismatched labels / groups, or an ``out`` folder that cannot be resumed
+            (other arguments, or edits active then or now: see the module docstring).
         RuntimeError: the model's active edits changed while shards were being written.
 
     Example:
@@ -300,7 +307,7 @@ def collect(
 
     texts, labels, groups = _inputs(prompts, labels, groups)
     _check_batching(batch_size, positions)
-    job = _Job(model, texts, _hook_names(model, names), positions, batch_size, dtype)
+    job = _job(model, texts, names, positions, batch_size, dtype, chat, template)
     meta = _meta(model)
     bar = tqdm(total=len(texts), desc="collect", unit="prompt", disable=not progress)
     try:
@@ -312,6 +319,15 @@ def collect(
         bar.close()
     _write_prompts(directory, texts, labels, groups)
     return Collected.open(directory)
+
+
+def _job(
+    model: HookedModel, texts: list[str], names: NamesArg, positions: str | int, batch_size: int,
+    dtype: torch.dtype, chat: bool, template: str | None,
+) -> _Job:
+    if template is not None or chat:
+        model.format_prompts(texts[:1], chat=chat, template=template)  # a bad template fails before any work
+    return _Job(model, texts, _hook_names(model, names), positions, batch_size, dtype, chat, template)
 
 
 def _plain(v: Any) -> Any:
