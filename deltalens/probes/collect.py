@@ -303,13 +303,12 @@ def collect(
     Example:
         >>> collect(model, ps, out="runs/acts", batch_size=32).stack(layers="65-90%")   # [n, layer, d]
     """
-    from tqdm.auto import tqdm
 
     texts, labels, groups = _inputs(prompts, labels, groups)
     _check_batching(batch_size, positions)
     job = _job(model, texts, names, positions, batch_size, dtype, chat, template)
     meta = _meta(model)
-    bar = tqdm(total=len(texts), desc="collect", unit="prompt", disable=not progress)
+    bar = _bar(len(texts), progress)
     try:
         if out is None:
             kept = dict(prompts=texts, labels=labels, groups=groups, positions=positions, meta=meta)
@@ -319,6 +318,12 @@ def collect(
         bar.close()
     _write_prompts(directory, texts, labels, groups)
     return Collected.open(directory)
+
+
+def _bar(total: int, progress: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="collect", unit="prompt", disable=not progress)
 
 
 def _job(
