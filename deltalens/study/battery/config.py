@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from deltalens.study import PAPER_FRACS
 EXPERIMENTS = ("evals", "parallel_sweep", "orth_sweep", "weight_overlap", "activation_overlap", "probes")
 STAGES = ("w0", "wa", "useful", "harmful", "contaminated")
 PRESETS = ("organism", "smollm2")
+METHODS = ("topk", "randomk", "random")
+BACKENDS = ("transformer_lens", "nnsight")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
 class ConfigError(ValueError):
@@ -79,8 +83,9 @@ class BatteryConfig:
     organism_seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.family, dict):
+        if isinstance(self.family, Mapping):
             self.family = _build(FamilyConfig, self.family, "family.")
+        _check_types(self)
         _check_choices(self)
         _check_ranges(self)
         _check_family(self)
@@ -138,9 +143,11 @@ class BatteryConfig:
         write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of fields, got {data!r}")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
         import difflib
 
@@ -153,19 +160,112 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
 
 
 # ---------------------------------------------------------------- validation (errors in this order)
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_path(v: Any) -> bool:
+    return v is None or isinstance(v, str | os.PathLike)
+
+
+Check = tuple[Callable[[Any], bool], str]
+_SCALARS: dict[str, Check] = {
+    "preset": (_is_str, "a preset name (string)"),
+    "layers": (_is_str, "a quoted layer spec string such as '65-90%', '2:5' or '3'"),
+    "project_embeddings": (_is_bool, "true or false (a boolean, unquoted)"),
+    **{n: (_is_int, "an integer") for n in ("seed", "organism_seed")},
+    **{n: (_is_int, "an integer >= 4") for n in ("n_harmful", "n_harmless", "n_arithmetic", "n_activation")},
+}
+"""Scalar fields: (accepts the value, what is allowed). No truthiness: ``"no"`` is not a boolean."""
+
+_LISTS: dict[str, Check] = {
+    "experiments": (_is_str, f"experiment names from {EXPERIMENTS}"),
+    "fracs": (_is_number, "numbers in (0, 1]"),
+    "methods": (_is_str, f"method names from {METHODS}"),
+    "weight_etas": (_is_number, "numbers in (0, 1]"),
+    "activation_etas": (_is_number, "numbers in (0, 1]"),
+}
+"""List fields: (accepts an item, what the items must be). A list must be given and not be empty."""
+
+_FAMILY: dict[str, Check] = {
+    **{s: (_is_path, "a checkpoint path (string) or null") for s in STAGES},
+    "backend": (_is_str, f"one of {BACKENDS}"),
+    "dtype": (_is_str, f"one of {DTYPES}"),
+    "organism_dir": (_is_path, "a folder path (string) or null"),
+    "check_parents": (_is_bool, "true or false (a boolean, unquoted)"),
+}
+
+
+def _bad_type(name: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{name}: expected {allowed}, got {value!r} ({type(value).__name__})")
+
+
+def _check_list(cfg: BatteryConfig, name: str, ok: Callable[[Any], bool], allowed: str) -> None:
+    """``name`` is a non-empty list whose items pass ``ok`` (a tuple is kept as a list)."""
+    value = getattr(cfg, name)
+    if not isinstance(value, list | tuple):
+        raise _bad_type(name, value, f"a list of {allowed}")
+    if not value:
+        raise ConfigError(f"{name}: the list is empty; expected a non-empty list of {allowed}")
+    bad = [v for v in value if not ok(v)]
+    if bad:
+        raise ConfigError(
+            f"{name}: item {bad[0]!r} ({type(bad[0]).__name__}) is not allowed; expected a list of {allowed}"
+        )
+    setattr(cfg, name, list(value))
+
+
+def _check_types(cfg: BatteryConfig) -> None:
+    """Every field has its declared type: no truthiness, no scalar for a list, no list for a mapping."""
+    if not isinstance(cfg.family, FamilyConfig):
+        raise _bad_type("family", cfg.family, f"a mapping of family fields {sorted(_FAMILY)}")
+    for name, (ok, allowed) in _FAMILY.items():
+        value = getattr(cfg.family, name)
+        if not ok(value):
+            raise _bad_type(f"family.{name}", value, allowed)
+        if isinstance(value, os.PathLike):
+            setattr(cfg.family, name, os.fspath(value))
+    for name, (ok, allowed) in _SCALARS.items():
+        if not ok(getattr(cfg, name)):
+            raise _bad_type(name, getattr(cfg, name), allowed)
+    for name, (ok, allowed) in _LISTS.items():
+        _check_list(cfg, name, ok, allowed)
+
+
 def _check_choices(cfg: BatteryConfig) -> None:
-    """``preset``, ``experiments`` and ``methods`` name known things; ``fracs`` lie in (0, 1]."""
+    """``preset``, ``experiments``, ``methods`` and ``layers`` name known things; ``fracs`` lie in (0, 1]."""
+    from deltalens.hooks.names import parse_layers
+
     if cfg.preset not in PRESETS and cfg.preset != "custom":
         raise ConfigError(f"preset: {cfg.preset!r} is not one of {PRESETS + ('custom',)}")
     bad = [e for e in cfg.experiments if e not in EXPERIMENTS]
     if bad:
         raise ConfigError(f"experiments: unknown {bad}; expected a subset of {EXPERIMENTS}")
     for f in cfg.fracs:
-        if not (isinstance(f, int | float) and 0 < f <= 1):
+        if not 0 < f <= 1:
             raise ConfigError(f"fracs: {f!r} is out of range; each fraction must lie in (0, 1]")
-    bad = [m for m in cfg.methods if m not in ("topk", "randomk", "random")]
+    bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
-        raise ConfigError(f"methods: unknown {bad}; expected topk, randomk, random")
+        raise ConfigError(f"methods: unknown {bad}; expected a subset of {METHODS}")
+    try:  # the syntax only: whether the layers exist depends on the model
+        parse_layers(cfg.layers, 10_000)
+    except ValueError:
+        raise ConfigError(
+            f"layers: {cfg.layers!r} is not a usable layer spec; expected 'lo-hi%' (e.g. '65-90%'), "
+            "'a:b' or a layer number, as a string"
+        ) from None
 
 
 def _check_ranges(cfg: BatteryConfig) -> None:
@@ -175,14 +275,16 @@ def _check_ranges(cfg: BatteryConfig) -> None:
             if not 0 < e <= 1:
                 raise ConfigError(f"{name}: {e!r} is out of range (0, 1]")
     for name in ("n_harmful", "n_harmless", "n_arithmetic", "n_activation"):
-        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 4:
+        if getattr(cfg, name) < 4:
             raise ConfigError(f"{name}: must be an int >= 4, got {getattr(cfg, name)!r}")
 
 
 def _check_family(cfg: BatteryConfig) -> None:
-    """A known backend; a custom family names an existing checkpoint for every stage."""
-    if cfg.family.backend not in ("transformer_lens", "nnsight"):
-        raise ConfigError(f"family.backend: {cfg.family.backend!r}; expected transformer_lens or nnsight")
+    """A known backend and dtype; a custom family names an existing checkpoint for every stage."""
+    if cfg.family.backend not in BACKENDS:
+        raise ConfigError(f"family.backend: {cfg.family.backend!r} is not one of {BACKENDS}")
+    if cfg.family.dtype not in DTYPES:
+        raise ConfigError(f"family.dtype: {cfg.family.dtype!r} is not one of {DTYPES}")
     if cfg.preset != "custom":
         return
     for stage, p in cfg.family.paths().items():

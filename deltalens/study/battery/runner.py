@@ -10,10 +10,11 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deltalens.atomic import write_bytes
+from deltalens.atomic import file_lock, write_bytes
+from deltalens.hashing import config_key, parts_hash, text_hash
 from deltalens.schemas import EVALS
 from deltalens.study.battery.config import STAGES, BatteryConfig, ConfigError, default_cache
-from deltalens.study.battery.units import UnitStore
+from deltalens.study.battery.units import COMPUTATION_VERSION, UnitStore, staged_outputs, tokenizer_hash
 from deltalens.study.tables import BATTERY_PROBES, BATTERY_SWEEP, MODEL, TASK
 
 if TYPE_CHECKING:
@@ -31,6 +32,15 @@ DELTAS: dict[str, tuple[str, str]] = {
 }
 """Update name -> (from stage, to stage): ΔW_A = W_A − W_0 and the task updates W_FT − W_A."""
 
+DEVICE = "cpu"
+"""Where the battery loads its models; part of every unit key (numbers differ across device kinds)."""
+
+TABLE_NAMES = ("evals", "sweep", "weight_overlap", "activation_overlap", "probes", "verdicts")
+"""The tables a run may write (``<name>.parquet``); a rerun removes those it did not produce."""
+
+MAX_RUNS = 50
+"""How many runs ``summary.json`` keeps in its ``runs`` history."""
+
 
 @dataclass
 class Family:
@@ -46,6 +56,13 @@ class Family:
     groups_harmless: list[str] = field(default_factory=list)
     organism: OrganismFamily | None = None
     chat: bool = False
+    tokenizer_hashes: dict[str, str] = field(default_factory=dict)
+
+    def prompts_hash(self) -> str:
+        """sha256 (16 hex chars) over every prompt set's contents, the template and the chat flag."""
+        arith = text_hash(x for pair in self.arithmetic for x in pair)
+        sets = (self.harmful, self.harmless, self.groups_harmful, self.groups_harmless)
+        return parts_hash(*(text_hash(t) for t in sets), arith, self.template or "", self.chat)[:16]
 
 
 # ---------------------------------------------------------------- family
@@ -156,8 +173,19 @@ PROBE_STAGES = ("w0", "wa", "harmful")
 class Battery:
     """Run the battery described by a :class:`BatteryConfig` into ``out_dir``.
 
-    Every unit (an evaluation, a sweep point, an overlap table) is keyed by a hash of its inputs
-    and written atomically; a rerun after an interruption recomputes nothing finished.
+    Every unit (an evaluation, a sweep point, an overlap table) is keyed by a hash of everything
+    that can change its numbers (see :meth:`unit_key`) and written atomically; a rerun after an
+    interruption recomputes nothing finished, and a rerun with another dtype, backend, checkpoint,
+    tokenizer or prompt set recomputes every unit it affects.
+
+    The run holds a lock on ``out_dir`` (``.lock``; a second run waits, naming the holder) and
+    writes its result files (``config.yaml``, the tables, ``results.parquet``,
+    ``provenance.json``, ``summary.json``, ``report.html``) only once all its work succeeded: a
+    failing rerun leaves the previous complete results as they were. ``summary.json``'s
+    ``seconds`` and ``timings`` are those of the latest run of the same config that computed
+    units (a warm rerun keeps the cold run's), ``last_run_seconds`` this run's, and ``runs``
+    the history of completed runs (each with its end time, config key, seconds, units computed and
+    cached, and timings).
 
     Example:
         >>> Battery(BatteryConfig(preset="organism"), "results/").run()
@@ -185,7 +213,10 @@ class Battery:
 
         if stage not in self._models:
             self._models[stage] = dl.load(
-                self.family.paths[stage], backend=self.cfg.family.backend, dtype=self.cfg.family.dtype
+                self.family.paths[stage],
+                backend=self.cfg.family.backend,
+                dtype=self.cfg.family.dtype,
+                device=DEVICE,
             )
         return self._models[stage]
 
@@ -198,8 +229,35 @@ class Battery:
             self._deltas[name] = weight_delta(self.model(a), self.model(b))
         return self._deltas[name]
 
-    def _key(self, **extra: Any) -> dict[str, Any]:
-        return {"family": self.family.hashes, "seed": self.cfg.seed, **extra}
+    def unit_key(self, **unit: Any) -> dict[str, Any]:
+        """A unit's key: everything that can change its numbers.
+
+        The computation's version, the family's checkpoint contents and tokenizer files, the
+        backend, dtype and device kind, the seed, and ``unit``: the unit's own config and the
+        contents (hashes) of the prompts it reads.
+        """
+        return {
+            "version": COMPUTATION_VERSION,
+            "checkpoints": self.family.hashes,
+            "tokenizers": self.family.tokenizer_hashes,
+            "backend": self.cfg.family.backend,
+            "dtype": self.cfg.family.dtype,
+            "device": DEVICE,
+            "seed": self.cfg.seed,
+            **unit,
+        }
+
+    def _eval_inputs(self) -> dict[str, Any]:
+        """What an evaluation reads besides the model: the judge and its prompt sets' contents."""
+        harmful, harmless, arith = self._eval_sets()
+        return {
+            "judge": "organism" if self.family.organism is not None else "generic",
+            "chat": self.family.chat,
+            "template": self.family.template,
+            "harmful": text_hash(harmful),
+            "harmless": text_hash(harmless),
+            "arithmetic": text_hash(x for pair in arith for x in pair),
+        }
 
     def _eval_sets(self) -> tuple[list[str], list[str], list[tuple[str, str]]]:
         c, f = self.cfg, self.family
@@ -263,7 +321,7 @@ class Battery:
         for stage in STAGES:
             r = self.units.get(
                 f"eval-{stage}",
-                self._key(exp="eval", stage=stage, n=self._eval_sets()),
+                self.unit_key(exp="eval", stage=stage, harmless_too=True, evaluation=self._eval_inputs()),
                 partial(self._evaluate_stage, stage),
             )
             rows.append({"stage": stage, **r})
@@ -279,8 +337,15 @@ class Battery:
 
     def _sweep_key(self, task: str, mode: str, method: str, frac: float) -> dict[str, Any]:
         scope = "all-tensors" if self.cfg.project_embeddings else "blocks; embeddings keep the task update"
-        return self._key(
-            exp="sweep", task=task, mode=mode, method=method, frac=frac, scope=scope, n=self._eval_sets()
+        return self.unit_key(
+            exp="sweep",
+            task=task,
+            mode=mode,
+            method=method,
+            frac=frac,
+            scope=scope,
+            harmless_too=False,
+            evaluation=self._eval_inputs(),
         )
 
     def _sweep_point(self, task: str, mode: str, method: str, frac: float) -> pd.DataFrame:
@@ -336,7 +401,9 @@ class Battery:
 
         return self.units.get(
             "weight-overlap",
-            self._key(exp="weight_overlap", etas=self.cfg.weight_etas),
+            self.unit_key(
+                exp="weight_overlap", etas=self.cfg.weight_etas, updates=OVERLAP_UPDATES, embeddings="both"
+            ),
             lambda: weight_overlap_pairs(
                 {n: self.delta(n) for n in OVERLAP_UPDATES},
                 etas=self.cfg.weight_etas,
@@ -365,17 +432,20 @@ class Battery:
         """Exp 4: last-token activation MSO between prompt sets on W_0, W_A, useful and contaminated."""
         from deltalens.probes import activation_overlap
 
+        sets = self._activation_sets()
         return self.units.get(
             "activation-overlap",
-            self._key(
+            self.unit_key(
                 exp="activation_overlap",
                 etas=self.cfg.activation_etas,
                 layers=self.cfg.layers,
                 n=self.cfg.n_activation,
+                stages=ACTIVATION_STAGES,
+                prompts={k: text_hash(v) for k, v in sets.items()},
             ),
             lambda: activation_overlap(
                 {s: self.model(s) for s in ACTIVATION_STAGES},
-                self._activation_sets(),
+                sets,
                 layers=self.cfg.layers,
                 etas=self.cfg.activation_etas,
                 progress=False,
@@ -413,9 +483,10 @@ class Battery:
         """Group-held-out harmful-vs-harmless probes per layer on W_0, W_A and the harmful fine-tune."""
         n = self.cfg.n_activation
         prompts, labels, groups = self._probe_inputs(n)
+        inputs = {"prompts": text_hash(prompts), "labels": text_hash(labels), "groups": text_hash(groups)}
         return self.units.get(
             "probes",
-            self._key(exp="probes", n=n),
+            self.unit_key(exp="probes", n=n, stages=PROBE_STAGES, **inputs),
             partial(self._fit_probes, prompts, labels, groups),
             kind="parquet",
         )
@@ -433,6 +504,7 @@ class Battery:
         }
         self.family = build[self.cfg.preset]()
         self.family.hashes = {s: checkpoint_hash(p) for s, p in self.family.paths.items()}
+        self.family.tokenizer_hashes = {s: tokenizer_hash(p) for s, p in self.family.paths.items()}
 
     def _steps(self) -> list[tuple[str, str, Callable[[], pd.DataFrame]]]:
         """``(experiment, table name, run)`` of every experiment, in order."""
@@ -462,18 +534,23 @@ class Battery:
     def run(self) -> dict[str, Any]:
         """Run every configured experiment; write tables, summary, verdicts and report.
 
+        The results folder is locked for the whole run, and its files are written only when
+        everything succeeded (see the class docstring).
+
         Returns:
             ``{"tables": name -> DataFrame (verdicts included), "out": the results folder}``.
 
         Raises:
             ConfigError: a custom fine-tune's recorded parent is not the family's W_A.
         """
+        with file_lock(self.out / ".lock", what=f"the battery results folder {str(self.out)!r}"):
+            return self._run_locked()
+
+    def _run_locked(self) -> dict[str, Any]:
         from deltalens.study.battery.verdict import verdicts
 
         t0 = time.perf_counter()
         validate_family(self.cfg)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.cfg.save(self.out / "config.yaml")
         self._resolve_family()
         self.timings["family"] = time.perf_counter() - t0
         tables = self._run_experiments()
@@ -483,22 +560,55 @@ class Battery:
 
     # -------------------------------------------------------------- output
     def _provenance(self) -> dict[str, dict[str, Any]]:
+        """Per stage, everything its unit keys hold about it (what the numbers were computed from)."""
+        prompts = self.family.prompts_hash()
         return {
             s: {
                 "checkpoint": p,
                 "content_hash": self.family.hashes.get(s),
+                "tokenizer_hash": self.family.tokenizer_hashes.get(s),
                 "backend": self.cfg.family.backend,
                 "dtype": self.cfg.family.dtype,
+                "device": DEVICE,
+                "prompts_hash": prompts,
+                "computation_version": COMPUTATION_VERSION,
             }
             for s, p in self.family.paths.items()
         }
 
+    def _runs(self, seconds: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The folder's completed runs with this one appended, and the run whose timings to report.
+
+        That run is the latest one of this config that computed units (a warm rerun keeps the
+        cold run's timings), else this one.
+        """
+        from datetime import UTC, datetime
+
+        try:
+            old = json.loads((self.out / "summary.json").read_text()).get("runs", [])
+        except (OSError, ValueError, AttributeError):
+            old = []
+        this = {
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "config": config_key(self.cfg.to_dict())[:12],
+            "seconds": round(seconds, 1),
+            "computed": len(self.units.computed),
+            "cached": len(self.units.cached),
+            "timings": {k: round(v, 1) for k, v in self.timings.items()},
+        }
+        runs = [r for r in old if isinstance(r, dict)][-(MAX_RUNS - 1) :] + [this]
+        computing = [r for r in runs if r.get("config") == this["config"] and r.get("computed")]
+        return runs, (computing[-1] if computing else this)
+
     def _summary(self, tables: dict[str, pd.DataFrame], seconds: float) -> dict[str, Any]:
+        runs, basis = self._runs(seconds)
         summary = {
             "preset": self.cfg.preset,
-            "seconds": round(seconds, 1),
-            "timings": {k: round(v, 1) for k, v in self.timings.items()},
+            "seconds": basis["seconds"],
+            "timings": basis["timings"],
+            "last_run_seconds": round(seconds, 1),
             "units": {"computed": len(self.units.computed), "cached": len(self.units.cached)},
+            "runs": runs,
             "family": self.family.paths,
             "verdicts": tables["verdicts"].to_dict(orient="records"),
         }
@@ -507,22 +617,26 @@ class Battery:
         return summary
 
     def _write(self, tables: dict[str, pd.DataFrame], seconds: float) -> None:
-        """Every table, ``results.parquet`` (all but the verdicts, long), provenance, summary, report."""
+        """config.yaml, every table, ``results.parquet`` (all but the verdicts, long), provenance,
+        summary and report: staged, then moved into the results folder together."""
         import pandas as pd
 
         from deltalens.study.report import report_from_results
 
-        for name, df in tables.items():
-            write_bytes(self.out / f"{name}.parquet", _parquet(df))
-        long = pd.concat(
-            [df.assign(experiment=n) for n, df in tables.items() if n != "verdicts"], ignore_index=True
-        )
-        strings = {c: "string" for c in long.columns if long[c].dtype == object}
-        write_bytes(self.out / "results.parquet", _parquet(long.astype(strings)))
-        write_bytes(self.out / "provenance.json", json.dumps(self._provenance(), indent=1).encode())
         summary = self._summary(tables, seconds)
-        write_bytes(self.out / "summary.json", json.dumps(summary, indent=1, default=str).encode())
-        report_from_results(self.out).save(self.out / "report.html")
+        with staged_outputs(self.out, replaces=[f"{n}.parquet" for n in TABLE_NAMES]) as stage:
+            self.cfg.save(stage / "config.yaml")
+            for name, df in tables.items():
+                write_bytes(stage / f"{name}.parquet", _parquet(df))
+            long = pd.concat(
+                [df.assign(experiment=n) for n, df in tables.items() if n != "verdicts"], ignore_index=True
+            )
+            strings = {c: "string" for c in long.columns if long[c].dtype == object}
+            write_bytes(stage / "results.parquet", _parquet(long.astype(strings)))
+            write_bytes(stage / "provenance.json", json.dumps(self._provenance(), indent=1).encode())
+            write_bytes(stage / "summary.json", json.dumps(summary, indent=1, default=str).encode())
+            title = f"deltalens report: {self.out.resolve().name}"
+            report_from_results(stage, title=title).save(stage / "report.html")
 
 
 def _concat_sweeps(*frames: pd.DataFrame) -> pd.DataFrame:

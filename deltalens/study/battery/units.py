@@ -1,16 +1,86 @@
-"""Units of work keyed by a hash of their inputs, written atomically, never recomputed."""
+"""Units of work keyed by a hash of their inputs, written atomically, never recomputed.
+
+Also the parts of a unit key that are read from disk (:func:`tokenizer_hash`), the version of
+the computation every key carries, and :func:`staged_outputs`, which writes a run's result
+files only once all of them are complete.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from deltalens.atomic import write_bytes
-from deltalens.hashing import config_key
+from deltalens.hashing import config_key, file_hash
+
+COMPUTATION_VERSION = 2
+"""Part of every unit key. Bump it when a code change changes a unit's numbers, so that no folder
+serves results of the old computation (deltalens 0.1's keys, version 1, had no version at all)."""
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+"""The files besides the weights and ``config.json`` that can change what a checkpoint computes:
+its tokenizer, chat template and generation defaults."""
+
+
+def tokenizer_hash(path: str | os.PathLike) -> str:
+    """sha256 (16 hex chars) over a checkpoint's tokenizer, chat-template and generation files.
+
+    A ``.gguf`` file carries its tokenizer inside, so its content hash already covers it
+    (``"in-checkpoint"``); a folder without any of :data:`TOKENIZER_FILES` gives ``"none"``.
+    """
+    p = Path(path)
+    if p.is_file():
+        return "in-checkpoint"
+    files = [p / n for n in TOKENIZER_FILES if (p / n).is_file()]
+    files += sorted((p / "additional_chat_templates").glob("*.jinja"))
+    return file_hash(files)[:16] if files else "none"
+
+
+@contextlib.contextmanager
+def staged_outputs(out: str | os.PathLike, replaces: Iterable[str] = ()) -> Iterator[Path]:
+    """Yield an empty staging folder inside ``out``; when the block succeeds, move its files into ``out``.
+
+    Write a run's result files into the staging folder. If the block raises, nothing in ``out``
+    changes: the previous complete results stay exactly as they were. On success every staged
+    file replaces its namesake in ``out`` by an atomic rename (``summary.json`` last), and each
+    name in ``replaces`` that this run did not stage is removed, so no table of an earlier run
+    stays next to this run's summary. Staging folders left by a killed run are removed first, so
+    call it while holding the folder's lock.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob(".run-*.tmp"):
+        shutil.rmtree(old, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".run-", suffix=".tmp"))
+    try:
+        yield stage
+        names = sorted((p.name for p in stage.iterdir() if p.is_file()), key=lambda n: n == "summary.json")
+        for name in names:
+            os.replace(stage / name, out / name)
+        for name in set(replaces) - set(names):
+            (out / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 class UnitStore:
