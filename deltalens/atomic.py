@@ -20,11 +20,20 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LockTimeout", "atomic_directory", "atomic_write", "file_lock", "write_bytes", "write_json", "write_text"]
+__all__ = [
+    "LockTimeout",
+    "atomic_directory",
+    "atomic_write",
+    "file_lock",
+    "staged_outputs",
+    "write_bytes",
+    "write_json",
+    "write_text",
+]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -172,3 +181,32 @@ def file_lock(
             f.truncate()
             f.flush()
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def staged_outputs(
+    out: str | os.PathLike, replaces: Iterable[str] = (), last: tuple[str, ...] = ("summary.json",)
+) -> Iterator[Path]:
+    """Yield an empty staging folder inside ``out``; when the block succeeds, move its files into ``out``.
+
+    Write a run's result files into the staging folder. If the block raises, nothing in ``out``
+    changes: the previous complete results stay exactly as they were. On success every staged
+    file replaces its namesake in ``out`` by an atomic rename (the names in ``last`` last), and each
+    name in ``replaces`` that this run did not stage is removed, so no table of an earlier run
+    stays next to this run's summary. Staging folders left by a killed run are removed first, so
+    call it while holding the folder's lock.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob(".run-*.tmp"):
+        shutil.rmtree(old, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".run-", suffix=".tmp"))
+    try:
+        yield stage
+        names = sorted((p.name for p in stage.iterdir() if p.is_file()), key=lambda n: n in last)
+        for name in names:
+            os.replace(stage / name, out / name)
+        for name in set(replaces) - set(names):
+            (out / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -10,11 +10,11 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deltalens.atomic import file_lock, write_bytes
+from deltalens.atomic import file_lock, staged_outputs, write_bytes
 from deltalens.hashing import config_key, parts_hash, text_hash
 from deltalens.schemas import EVALS
 from deltalens.study.battery.config import STAGES, BatteryConfig, ConfigError, default_cache
-from deltalens.study.battery.units import COMPUTATION_VERSION, UnitStore, staged_outputs, tokenizer_hash
+from deltalens.study.battery.units import COMPUTATION_VERSION, UnitStore, tokenizer_hash
 from deltalens.study.tables import BATTERY_PROBES, BATTERY_SWEEP, MODEL, TASK
 
 if TYPE_CHECKING:

@@ -1,19 +1,16 @@
 """Units of work keyed by a hash of their inputs, written atomically, never recomputed.
 
-Also the parts of a unit key that are read from disk (:func:`tokenizer_hash`), the version of
-the computation every key carries, and :func:`staged_outputs`, which writes a run's result
-files only once all of them are complete.
+Also the parts of a unit key that are read from disk (:func:`tokenizer_hash`) and the version of
+the computation every key carries. A run's result files are published together through
+:func:`deltalens.atomic.staged_outputs`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,33 +51,6 @@ def tokenizer_hash(path: str | os.PathLike) -> str:
     files = [p / n for n in TOKENIZER_FILES if (p / n).is_file()]
     files += sorted((p / "additional_chat_templates").glob("*.jinja"))
     return file_hash(files)[:16] if files else "none"
-
-
-@contextlib.contextmanager
-def staged_outputs(out: str | os.PathLike, replaces: Iterable[str] = ()) -> Iterator[Path]:
-    """Yield an empty staging folder inside ``out``; when the block succeeds, move its files into ``out``.
-
-    Write a run's result files into the staging folder. If the block raises, nothing in ``out``
-    changes: the previous complete results stay exactly as they were. On success every staged
-    file replaces its namesake in ``out`` by an atomic rename (``summary.json`` last), and each
-    name in ``replaces`` that this run did not stage is removed, so no table of an earlier run
-    stays next to this run's summary. Staging folders left by a killed run are removed first, so
-    call it while holding the folder's lock.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob(".run-*.tmp"):
-        shutil.rmtree(old, ignore_errors=True)
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=".run-", suffix=".tmp"))
-    try:
-        yield stage
-        names = sorted((p.name for p in stage.iterdir() if p.is_file()), key=lambda n: n == "summary.json")
-        for name in names:
-            os.replace(stage / name, out / name)
-        for name in set(replaces) - set(names):
-            (out / name).unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 class UnitStore:
