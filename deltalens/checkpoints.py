@@ -379,8 +379,30 @@ def _apply_adapter(model: nn.Module, adapter: Path, merge: bool, ckpt_hash: str)
 
     check_adapter(adapter, base_module(model))
     peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    if merge:
+        _untie_adapted_embeddings(base_module(peft_model))
     model = peft_model.merge_and_unload() if merge else peft_model
     return model, config_key({"checkpoint": ckpt_hash, "adapter": checkpoint_hash(adapter)})[:16]
+
+
+def _untie_adapted_embeddings(model: nn.Module) -> None:
+    """Give the output embedding its own copy of a tied input embedding when the adapter wraps either.
+
+    With the adapter live, a LoRA on one of two tied embeddings changes that module only; merged
+    into the one shared tensor it would change both. Untying first (as peft advises) makes the
+    merged model compute what the live adapter computes.
+    """
+    import torch
+
+    pair = [model.get_input_embeddings(), model.get_output_embeddings()]
+    if any(m is None for m in pair) or not any(hasattr(m, "get_base_layer") for m in pair):
+        return
+    inp, out = (m.get_base_layer() if hasattr(m, "get_base_layer") else m for m in pair)
+    if inp.weight.data_ptr() != out.weight.data_ptr():
+        return
+    out.weight = torch.nn.Parameter(out.weight.detach().clone(), requires_grad=out.weight.requires_grad)
+    for cfg in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        cfg.tie_word_embeddings = False
 
 
 def _build_backend(

@@ -83,7 +83,7 @@ class HookedModel:
         self.n_layers: int = backend.n_layers
         self.d_model: int = getattr(cfg, "hidden_size", None) or cfg.n_embd
         self.n_heads: int = getattr(cfg, "num_attention_heads", None) or cfg.n_head
-        self.vocab_size: int = base_module(backend.hf_model).get_input_embeddings().num_embeddings
+        self.vocab_size: int = int(base_module(backend.hf_model).get_input_embeddings().weight.shape[0])
         self.max_positions: int | None = getattr(cfg, "max_position_embeddings", None) or getattr(
             cfg, "n_positions", None
         )

@@ -301,10 +301,20 @@ def _weights_of(side: Side, base: Side | None, role: str) -> Side:
     return base
 
 
+def _not_in_base(side: Side, name: str) -> ValueError:
+    tied = (
+        "; the base stores no separate unembedding (tied word embeddings?), and an update to one of "
+        "two tied tensors is not a delta over the base's tensors"
+        if tensor_group(name) == "unembedding"
+        else ""
+    )
+    return ValueError(f"adapter {side.label}: {name!r} is not a tensor of its base model{tied}")
+
+
 def _check_lora(side: Side, dense: dict[str, Tensor], transposed: set[str]) -> None:
     for name, (B, A) in side.lora.items():
         if name not in dense:
-            raise ValueError(f"adapter {side.label}: {name!r} is not a tensor of its base model")
+            raise _not_in_base(side, name)
         s = dense[name].shape
         want = (s[1], s[0]) if name in transposed else tuple(s)
         if (B.shape[0], A.shape[1]) != want:
@@ -314,7 +324,7 @@ def _check_lora(side: Side, dense: dict[str, Tensor], transposed: set[str]) -> N
             )
     for name in list(side.lora_full) + list(side.lora_add):
         if name not in dense:
-            raise ValueError(f"adapter {side.label}: {name!r} is not a tensor of its base model")
+            raise _not_in_base(side, name)
 
 
 def _endpoint_samples(side: Side, dense: dict[str, Tensor], transposed: set[str]) -> dict[str, Tensor]:

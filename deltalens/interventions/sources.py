@@ -20,9 +20,10 @@ from torch import Tensor
 from deltalens.hooks.model import HookedModel
 from deltalens.hooks.weights import canonical_name, is_conv1d_name, live_weights, transposed_weights
 
-_LORA_KEY = re.compile(
-    r"^(?P<mod>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.[^.]+)?\.weight$"
-)
+# peft names a linear LoRA's factors ``<mod>.lora_A.weight`` but an embedding LoRA's bare
+# ``<mod>.lora_embedding_A`` (they are parameters, not modules); either may carry an adapter name.
+_LORA_KEY = re.compile(r"^(?P<mod>.+)\.(?P<kind>lora_A|lora_B)(\.[^.]+)?\.weight$")
+_LORA_EMBEDDING_KEY = re.compile(r"^(?P<mod>.+)\.(?P<kind>lora_embedding_A|lora_embedding_B)(\.[^.]+)?$")
 
 
 DeltaSource = HookedModel | torch.nn.Module | Mapping[str, Tensor] | str | Path
@@ -112,7 +113,7 @@ def _adapter_tensors(path: Path, raw: dict[str, Tensor], side: Side) -> dict[str
     groups: dict[str, dict[str, Tensor]] = {}
     for key, t in raw.items():
         key = key.removeprefix("base_model.model.")
-        m = _LORA_KEY.match(key)
+        m = _LORA_KEY.match(key) or _LORA_EMBEDDING_KEY.match(key)
         if m:
             groups.setdefault(m["mod"], {})[m["kind"]] = t.float()
         elif ".lora_B." in key and key.endswith(".bias"):
@@ -120,10 +121,10 @@ def _adapter_tensors(path: Path, raw: dict[str, Tensor], side: Side) -> dict[str
             groups.setdefault(mod, {})["bias"] = t.float()
         elif ".lora_" in key:
             raise ValueError(f"{path}: unsupported adapter tensor {key!r}")
-        else:  # modules_to_save: a full copy of the module's tensor
-            side.lora_full[
-                key.replace(".modules_to_save.default.", ".").replace(".original_module.", ".")
-            ] = t.float()
+        else:  # modules_to_save, or a targeted embedding's own weight (peft's save_embedding_layers):
+            # a whole tensor that replaces the base's on load
+            name = key.replace(".modules_to_save.default.", ".").replace(".original_module.", ".")
+            side.lora_full[canonical_name(name)] = t.float()
     return groups
 
 
