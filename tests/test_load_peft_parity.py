@@ -125,6 +125,13 @@ def test_load_embedding_lora_matches_peft(tiny_dirs, embed_adapter, backend):
     assert m.provenance.adapter_merged is True
 
 
+def test_live_embedding_lora_matches_peft(tiny_dirs, embed_adapter):
+    """A live (unmerged) embedding adapter on nnsight: the hook interface reads the wrapped embedding."""
+    m = dl.load(tiny_dirs["llama"], adapter=embed_adapter, backend="nnsight", merge_adapter=False)
+    _assert_logits_match(m, _peft(tiny_dirs["llama"], embed_adapter))
+    assert m.run_with_cache(PROMPTS, names="hook_embed")["hook_embed"].shape[-1] == m.d_model
+
+
 def test_embedding_adapter_missing_a_factor_is_refused(tiny_dirs, embed_adapter, tmp_path):
     import shutil
 
