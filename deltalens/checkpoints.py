@@ -7,6 +7,7 @@ and nothing is half-loaded.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -378,7 +379,9 @@ def _apply_adapter(model: nn.Module, adapter: Path, merge: bool, ckpt_hash: str)
     from peft import PeftModel
 
     check_adapter(adapter, base_module(model))
-    peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing", category=FutureWarning)
+        peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
     if merge:
         _untie_adapted_embeddings(base_module(peft_model))
     model = peft_model.merge_and_unload() if merge else peft_model

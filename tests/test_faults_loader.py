@@ -93,3 +93,14 @@ def test_adapter_config_is_kept_when_complete(tiny_dirs, tmp_path):
     from deltalens.checkpoints import check_adapter
 
     assert check_adapter(a, AutoModelForCausalLM.from_pretrained(tiny_dirs["gpt2"]))["r"] == cfg["r"]
+
+
+@pytest.mark.parametrize("backend", ["nnsight", "transformer_lens"])
+def test_loading_an_adapter_prints_no_future_warning(tiny_dirs, tmp_path, backend):
+    import warnings
+
+    a = _adapter(tiny_dirs["llama"], tmp_path / "a")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dl.load(tiny_dirs["llama"], adapter=a, backend=backend)
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]

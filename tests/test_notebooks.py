@@ -7,6 +7,16 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.ipynb"))
+PROMISES = {
+    # notebook 02 says utility and harm move together: each task update, projected onto the
+    # alignment subspace, brings its own metric back as the subspace grows
+    "02_weight_space_steering": (
+        "top = sweep[sweep['method'] == 'topk'].set_index(['task', 'frac'])\n"
+        "assert top.loc[('useful', 0.99), 'utility'] > top.loc[('useful', 0.01), 'utility'], top\n"
+        "assert top.loc[('harmful', 0.99), 'harm'] > top.loc[('harmful', 0.01), 'harm'], top"
+    ),
+}
+NOISE = ("TqdmWarning", "IProgress not found")
 
 
 @pytest.mark.slow
@@ -18,9 +28,13 @@ def test_notebook_runs(path, organism_family, monkeypatch, tmp_path):
     monkeypatch.setenv("DELTALENS_ORGANISM_DIR", str(organism_family.root))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     nb = nbformat.read(path, as_version=4)
+    if path.stem in PROMISES:
+        nb.cells.append(nbformat.v4.new_code_cell(PROMISES[path.stem]))
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
+    streams = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert not [n for n in NOISE if n in streams], streams[-2000:]  # the dev extra brings ipywidgets
     # the views render as HTML in the notebook (no network needed)
     html = [o for o in outputs if "text/html" in o.get("data", {})]
     assert html, "no rich output rendered"

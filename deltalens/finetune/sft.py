@@ -22,7 +22,9 @@ import fnmatch
 import json
 import os
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,7 +180,8 @@ def _prepare(
 
         check_adapter(adapter, hf, parent["weight_hash"])
         parent["adapter"] = str(Path(adapter).resolve())
-        hf = PeftModel.from_pretrained(hf, adapter, is_trainable=cfg.method == "lora")
+        with quiet_peft():
+            hf = PeftModel.from_pretrained(hf, adapter, is_trainable=cfg.method == "lora")
         if cfg.method == "full":
             hf = hf.merge_and_unload()
     if cfg.method == "lora" and adapter is None:
@@ -200,7 +203,17 @@ def _add_lora(hf: nn.Module, cfg: FinetuneConfig) -> nn.Module:
         fan_in_fan_out=getattr(hf.config, "model_type", "") == "gpt2",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(hf, lcfg)
+    with quiet_peft():
+        return get_peft_model(hf, lcfg)
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Silence the one FutureWarning peft triggers on every wrap: it reads transformers'
+    deprecated ``is_gradient_checkpointing`` (peft's doing, not the caller's); other warnings pass."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing", category=FutureWarning)
+        yield
 
 
 def _freeze(model: nn.Module, patterns: tuple[str, ...] | None) -> None:
@@ -233,6 +246,13 @@ def _check_recipe(data_recipe: Any) -> None:
 def _check_target(out: Path, cfg: FinetuneConfig) -> None:
     if out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{str(out)!r} already exists; pass overwrite=True to replace it")
+
+
+def _progress_desc(cfg: FinetuneConfig, label: str | None) -> str:
+    """The progress bar's description: ``finetune[method]``, then ``label`` if given."""
+    if label is not None and not isinstance(label, str):
+        raise TypeError(f"progress_label must be a str or None, got {label!r}")
+    return f"finetune[{cfg.method}]" + (f" {label}" if label else "")
 
 
 def _pad_id(tok: PreTrainedTokenizerBase) -> int:
@@ -296,6 +316,7 @@ def finetune(
     tokenizer: PreTrainedTokenizerBase | str | os.PathLike | None = None,
     adapter: str | os.PathLike | None = None,
     data_recipe: Any = None,
+    progress_label: str | None = None,
     **overrides: Any,
 ) -> FinetuneResult:
     """Fine-tune a causal LM on ``(prompt, response)`` examples and write a checkpoint.
@@ -312,6 +333,7 @@ def finetune(
         adapter: a LoRA adapter directory of ``model``: ``method="lora"`` continues training
             it, ``method="full"`` merges it and trains all weights.
         data_recipe: JSON-able description of where the data came from, kept in ``cfg.json``.
+        progress_label: shown on the progress bar after ``finetune[method]`` (``finetune[full] wa``).
 
     Returns:
         ``FinetuneResult`` (``.path``, ``.model`` trained fp32, ``.losses``, ``.record``). The
@@ -329,18 +351,17 @@ def finetune(
 
     Gotcha: training runs in fp32 on CPU with at most 2 threads, restored afterwards.
     """
-    cfg = _resolve_config(config, overrides)
-    out = Path(output_dir)
-    pairs = normalize_examples(data)
+    cfg, out, pairs = _resolve_config(config, overrides), Path(output_dir), normalize_examples(data)
     _check_recipe(data_recipe)
     _check_target(out, cfg)
+    desc = _progress_desc(cfg, progress_label)
     t0 = time.perf_counter()
     with torch_threads(cfg.num_threads):
         hf, tok, parent = _resolve(model, tokenizer)
         encoded = encode_examples(pairs, tok, cfg.template, cfg.add_eos, cfg.max_length)
         pad_id = _pad_id(tok)
         hf = _prepare(hf, parent, adapter, cfg)
-        losses, thread_steps = train_loop(hf, encoded, cfg, pad_id, desc=f"finetune[{cfg.method}]")
+        losses, thread_steps = train_loop(hf, encoded, cfg, pad_id, desc=desc)
         training = _training_record(losses, thread_steps, time.perf_counter() - t0)
         record = _record(cfg, _data_record(pairs, encoded, data_recipe), parent, training)
         _save(out, cfg.overwrite, hf, tok, record)

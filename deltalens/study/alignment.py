@@ -349,7 +349,7 @@ def _train_stage(
     t = time.perf_counter()
     if not (path / CFG_NAME).is_file():
         cfg, note = getattr(recipe, stage), _recipe_note(stage, recipe)
-        finetune(parent, data[stage], path, cfg, data_recipe=note, num_threads=recipe.num_threads)
+        finetune(parent, data[stage], path, cfg, data_recipe=note, num_threads=recipe.num_threads, progress_label=stage)
     train_s = time.perf_counter() - t
     paths[CHECKPOINT[stage]] = path
     return train_s

@@ -9,6 +9,7 @@ so importing this module stays light.
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -191,13 +192,26 @@ def figure_png(fig: Figure, dpi: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def figure_legend(fig: Figure, axes: Any) -> None:
-    """One legend for the whole figure, outside the panels on the right (labels deduplicated)."""
+def figure_legend(fig: Figure, axes: Any, where: str = "right") -> None:
+    """One legend for the whole figure, outside the panels (labels deduplicated).
+
+    ``where="right"`` puts it beside the panels, ``"below"`` under them in as many columns as
+    the figure's width holds (constrained layout keeps the panels clear of it either way).
+    """
     seen: dict[str, Any] = {}
     for ax in axes.ravel():
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
-    if seen:
+    if not seen:
+        return
+    if where == "below":
+        widest = max(len(label) for label in seen)
+        per_column = 0.55 + 0.065 * widest  # inches: handle, padding and the label at fontsize 8
+        ncols = max(1, min(len(seen), int(fig.get_figwidth() // per_column)))
+        fig.set_figheight(fig.get_figheight() + 0.2 + 0.18 * math.ceil(len(seen) / ncols))  # room for it
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncols=ncols, fontsize=8,
+                   frameon=False)  # fmt: skip
+    else:
         fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8, frameon=False)
 
 
@@ -357,12 +371,14 @@ def line_view(
     ylabel: str,
     ylim: tuple[float, float] | None,
     max_panels: int = 6,
+    headline: str = "",
 ) -> FigureView:
     """One line per ``hue`` value against ``x``, one panel per (``row``, ``col``) value.
 
     ``band`` is a standard-deviation column drawn around the line, ``baseline`` a column drawn
     dashed, ``chance`` a dotted horizontal line; other varying columns are averaged. The caller
-    has checked that every named column exists.
+    has checked that every named column exists. ``headline`` is said once, above the panels and
+    first in the caption (what every panel has in common).
     """
     values = [c for c in (y, band, baseline) if c]
     agg, note = average_over_rest(df, [c for c in (row, col, hue, x) if c], values)
@@ -380,6 +396,9 @@ def line_view(
             _hue_line(ax, s, x, y, label, colors[hv], band, baseline, log, pname)
         _finish_line_panel(ax, sub, pname, x, ylabel, baseline, chance, ylim, log)
     figure_legend(fig, axes)
+    if headline:
+        fig.suptitle(mpl_text(headline, 160), fontsize=10)
+        note = f"{headline} {note}".strip()
     params = {"x": x, "y": y, "hue": hue, "col": col, "row": row, "band": band, "baseline": baseline}
     return figure_view(kind, title, df, note, fig, log, params)
 
@@ -433,3 +452,5 @@ def _finish_line_panel(
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if sub[x].nunique() == 1:  # one layer: MaxNLocator would fall back to 1.900, 1.925, ...
+            ax.set_xticks([int(sub[x].dropna().iloc[0])])

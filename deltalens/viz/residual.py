@@ -257,6 +257,38 @@ def probe_accuracy(
     )  # fmt: skip
 
 
+_COMPARISON = ("model", "set_a", "set_b", "scope", "layer", "centered")
+"""The columns that name one comparison of two activation subspaces (all but ``eta``)."""
+
+
+def _fmt(values: Any) -> str:
+    """``1``, ``1–3``: the range of some k values."""
+    lo, hi = float(min(values)), float(max(values))
+    return f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+
+
+def same_k_note(df: pd.DataFrame, col: str | None) -> str:
+    """One sentence when the panel column (``eta``) does not change any subspace's dimension k.
+
+    The subspaces are the top-k principal directions of each prompt set, k chosen by the energy
+    threshold η: when no comparison's ``k_a`` / ``k_b`` changes with η, the η panels compare the
+    same subspaces and look alike, which is said once here instead of left for the reader to find.
+    Returns ``""`` when k changes with ``col``, ``col`` has one value, or the table has no k.
+    """
+    if not col or col not in df.columns or not {"k_a", "k_b"} <= set(df.columns) or df[col].nunique() < 2:
+        return ""
+    keys = [c for c in _COMPARISON if c in df.columns and c != col]
+    ks = df[keys + ["k_a", "k_b"]].dropna(subset=["k_a", "k_b"])
+    per_comparison = ks.groupby(keys, dropna=False)[["k_a", "k_b"]] if keys else ks[["k_a", "k_b"]]
+    if ks.empty or int(per_comparison.nunique().to_numpy().max()) > 1:
+        return ""
+    name = "η" if col == "eta" else col
+    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(df[col].unique()))
+    k = _fmt([*ks["k_a"], *ks["k_b"]])
+    where = f"k = {k} at every {name}" if "–" not in k else f"k ({k} by layer and set) is the same at every {name}"
+    return f"{where} ({shown}): every {name} panel compares the same subspaces."
+
+
 def activation_overlap(
     table: Any,
     *,
@@ -286,7 +318,9 @@ def activation_overlap(
 
     Returns:
         A :class:`FigureView`; ``.series`` holds ``"{hue}"`` and ``"{hue} (random baseline)"``
-        lines, ``panel`` = ``"model=…, eta=…"``.
+        lines, ``panel`` = ``"model=…, eta=…"``. When no subspace's k changes with η (the η
+        panels then look alike), the caption and the figure's heading say so once
+        (``"k = 1 at every η (0.1, 0.3, 0.5): …"``).
 
     Raises:
         SchemaError: the table lacks an ``ACTIVATION_OVERLAP`` column.
@@ -305,7 +339,7 @@ def activation_overlap(
     check_columns(df, what, hue=hue, col=col, row=row)
     view = line_view(
         "activation_overlap", df, x=x, y=y, hue=hue, col=col, row=row, band=None, baseline=baseline,
-        chance=None, title=title, ylabel="MSO", ylim=(0, 1.02), max_panels=4,
+        chance=None, title=title, ylabel="MSO", ylim=(0, 1.02), max_panels=4, headline=same_k_note(df, col),
     )  # fmt: skip
     view.caption = " ".join(c for c in (picked, view.caption) if c)
     return view

@@ -195,7 +195,7 @@ def _sweep_picture(
             _sweep_lines(axes[i, j], sub, metric, (x, method, style), (methods, styles), log, panel)
             _reference_lines(axes[i, j], refs, metric, log, panel)
             style_axes(axes[i, j], panel, x, metric)
-    figure_legend(fig, axes)
+    figure_legend(fig, axes, where="below")  # beside the panels it crowded the right-hand one
     return fig, log
 
 

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deltalens.atomic import write_json
-from deltalens.hashing import config_key
+from deltalens.checkpoints import CheckpointError
+from deltalens.finetune.storage import CFG_NAME
+from deltalens.hashing import config_key, file_hash
 from deltalens.study.organism import data as od
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ PROMPTS = "prompts.json"
 EVAL = "eval.json"
 STAGES = ("w0", "wa", "useful", "harmful", "contaminated", "lora_useful", "lora_harmful")
 PRETRAIN_TEMPLATE = "{prompt}{response}"
+WEIGHTS_SHA256 = "weights_sha256"  # cfg.json key: {weight file name: sha256 of its bytes}
 
 
 @dataclass(kw_only=True)
@@ -113,11 +116,70 @@ class OrganismConfig:
         return compact_repr(self, always=("seed",))
 
 
+def weight_checksums(path: str | os.PathLike) -> dict[str, str]:
+    """The sha256 (``sha256sum``) of every ``*.safetensors`` file of a stage directory, by file name."""
+    return {f.name: file_hash(f, names=False) for f in sorted(Path(path).glob("*.safetensors"))}
+
+
+def record_weight_checksums(path: str | os.PathLike) -> dict[str, str]:
+    """Add the stage's :func:`weight_checksums` to its ``cfg.json`` (under ``weights_sha256``)."""
+    path = Path(path)
+    record = json.loads((path / CFG_NAME).read_text())
+    record[WEIGHTS_SHA256] = sums = weight_checksums(path)
+    write_json(path / CFG_NAME, record)
+    return sums
+
+
+def checksum_problem(path: str | os.PathLike) -> str | None:
+    """Why the weight files of the stage at ``path`` cannot be trusted, or None when they match ``cfg.json``.
+
+    A stage written before checksums were recorded (no ``weights_sha256`` in ``cfg.json``) is a
+    problem too: its bytes cannot be checked.
+    """
+    path = Path(path)
+    try:
+        recorded = json.loads((path / CFG_NAME).read_text()).get(WEIGHTS_SHA256)
+    except (OSError, ValueError) as e:
+        return f"cannot read {path / CFG_NAME} ({type(e).__name__})"
+    if not recorded:
+        return f"{path / CFG_NAME} records no sha256 of the weight files, so they cannot be verified"
+    for name, want in sorted(recorded.items()):
+        f = path / name
+        if not f.is_file():
+            return f"{f} is missing"
+        got = file_hash(f, names=False)
+        if got != want:
+            return (
+                f"{f} has sha256 {got[:16]}..., but {CFG_NAME} records {want[:16]}... (the file is corrupted)"
+            )
+    return None
+
+
+def verify_stage(path: str | os.PathLike) -> None:
+    """Check a stage's weight files against the sha256s in its ``cfg.json`` (when it records them).
+
+    Raises:
+        CheckpointError: a weight file is missing or its bytes differ from the recorded sha256.
+    """
+    path = Path(path)
+    if (path / CFG_NAME).is_file() and WEIGHTS_SHA256 in json.loads((path / CFG_NAME).read_text()):
+        problem = checksum_problem(path)
+        if problem is not None:
+            raise CheckpointError(
+                f"organism stage {str(path)!r} failed its checksum: {problem}; rebuild it with "
+                "organism.build (a corrupted stage is rebuilt)"
+            )
+
+
 def load_stage(path: Path, base: Path | None = None) -> nn.Module:
-    """A stage as a plain HF model in eval mode, fp32; ``base`` given: a ``PeftModel`` adapter on it."""
+    """A stage as a plain HF model in eval mode, fp32; ``base`` given: a ``PeftModel`` adapter on it.
+
+    The weight files are checked against the sha256s recorded in ``cfg.json`` first (see :func:`verify_stage`).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
+    verify_stage(path)
     if base is None:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     from peft import PeftModel
