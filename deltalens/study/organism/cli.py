@@ -22,7 +22,7 @@ def add_organism_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     b.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     b.add_argument("--split-seed", type=int, default=1234, help="held-out split seed (default 1234)")
     b.add_argument("--pre-steps", type=int, default=None, help="pretraining steps (default 800)")
-    b.add_argument("--threads", type=int, default=None, help="torch threads, 1 or 2 (default: measured)")
+    b.add_argument("--threads", type=int, default=None, help="torch threads, 1 or 2 (default: 2, reproducible)")
     b.add_argument("--no-lora", action="store_true", help="skip the LoRA variants")
     b.add_argument("--force", action="store_true", help="retrain every stage, ignoring the cache")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -60,7 +60,9 @@ def organism_main(args: argparse.Namespace) -> int:
     if args.organism_command == "show":
         family = OrganismFamily.from_manifest(args.out)
     else:
-        overrides = {"seed": args.seed, "split_seed": args.split_seed, "num_threads": args.threads}
+        overrides = {"seed": args.seed, "split_seed": args.split_seed}
+        if args.threads is not None:
+            overrides["num_threads"] = args.threads
         if args.pre_steps is not None:
             overrides["pre_steps"] = args.pre_steps
         if args.no_lora:

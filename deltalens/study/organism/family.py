@@ -45,8 +45,9 @@ class OrganismConfig:
     (about 90 % held-out exact match after 400 steps, where 8 % gave 17-48 % after 600), and
     400 steps for useful and contaminated. ``*_steps`` are optimizer steps of ``batch_size``
     sequences; every stage uses AdamW (0.9, 0.98), 5 % warm-up and a cosine decay to 10 % of
-    its lr. ``num_threads`` (at most 2; None lets each stage time 1 against 2) does not enter
-    the cache keys.
+    its lr. ``num_threads`` (at most 2) does not enter the cache keys; it defaults to 2 because a
+    different number of threads sums in another order and trains a different family (None lets
+    each stage time 1 against 2 and switch, which is faster on a busy machine but not reproducible).
 
     Example:
         >>> OrganismConfig(seed=1, lora=False)
@@ -82,7 +83,7 @@ class OrganismConfig:
     lora_lr: float = 3e-3
     lora_useful_steps: int = 300
     lora_harmful_steps: int = 30
-    num_threads: int | None = None
+    num_threads: int | None = 2
 
     def __post_init__(self) -> None:
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
