@@ -213,3 +213,36 @@ def test_import_is_lazy():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == "[]"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_transformer_lens_generate_equals_plain_hf_generate_with_kv_cache(arch):
+    """Unhooked generate on the TransformerLens backend decodes token for token like HF's own generate."""
+    from deltalens.testing import tiny_model
+
+    model, tok = tiny_model(arch)
+    m = dl.load(model, tokenizer=tok, backend="transformer_lens")
+    ref, _ = tiny_model(arch)
+    tok.padding_side = "left"
+    enc = tok(PROMPTS, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        want = ref.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id,
+                            eos_token_id=tok.eos_token_id, use_cache=True)[:, enc["input_ids"].shape[1]:]
+    got = m.generate_ids(enc["input_ids"], enc["attention_mask"], max_new_tokens=12)
+    assert torch.equal(got, want)
+    weights = m.named_weights()
+    saved = {k: v.detach().clone() for k, v in weights.items()}
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # an in-place weight edit reaches the untouched twin and the bridge alike
+        for w in weights.values():
+            w.add_(0.2 * torch.randn(w.shape, generator=g))
+    try:
+        assert not torch.equal(m.generate_ids(enc["input_ids"], enc["attention_mask"], max_new_tokens=12), want)
+        mask = m.tokenize(PROMPTS).attention_mask.bool()
+        plain = m.logits(PROMPTS)
+        bridged = m.run_with_cache(PROMPTS, names="hook_embed", return_logits=True)[0]
+        torch.testing.assert_close(plain[mask], bridged[mask], atol=1e-4, rtol=1e-4)
+    finally:
+        with torch.no_grad():
+            for k, w in weights.items():
+                w.copy_(saved[k])

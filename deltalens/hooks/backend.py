@@ -50,10 +50,18 @@ class Backend:
     """Common state of a backend: the HF module, its config, arch spec, layer count."""
 
     name = "base"
-    kv_cache_ok = True
 
-    def __init__(self, hf_model: nn.Module, arch: ArchSpec, engine: Any, params: dict | None = None) -> None:
+    def __init__(
+        self,
+        hf_model: nn.Module,
+        arch: ArchSpec,
+        engine: Any,
+        params: dict | None = None,
+        plain: nn.Module | None = None,
+    ) -> None:
         self.hf_model = hf_model
+        self.plain = plain if plain is not None else hf_model
+        """The Hugging Face module to run when nothing is hooked (it shares the live weights)."""
         self.params = params  # parameter names as in the checkpoint, when the engine renames modules
         self.arch = arch
         self.engine = engine
@@ -97,6 +105,12 @@ class Backend:
         """The device of the wrapped model's parameters."""
         return next(self.hf_model.parameters()).device
 
+    def plain_forward(self, batch: Batch) -> Tensor:
+        """Logits ``[batch, pos, vocab]`` of the unhooked model (no engine in the way)."""
+        return self.plain(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits
+
     def forward(
         self, batch: Batch, capture: list[str], edits: dict[str, list[HookFn]], reduce: Reduce
     ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -112,7 +126,6 @@ class TransformerLensBackend(Backend):
     """TransformerLens 4.x ``TransformerBridge``: hooks are the bridge's own ``HookPoint``s."""
 
     name = "transformer_lens"
-    kv_cache_ok = False
 
     @classmethod
     def build(cls, hf_model: nn.Module, tokenizer: Any, arch: ArchSpec, name: str) -> TransformerLensBackend:
@@ -129,13 +142,20 @@ class TransformerLensBackend(Backend):
         params = dict(hf_model.named_parameters())
         if not getattr(cfg, "architectures", None):
             cfg.architectures = [type(hf_model).__name__]
+        # An untouched twin of the HF module (its own modules and config, the same weight tensors):
+        # unhooked forwards and generate (with its KV cache, which the bridge's blocks get wrong)
+        # run the model's own code, and in-place weight edits reach both.
+        shared = {id(t): t for t in [*hf_model.parameters(), *hf_model.buffers()]}
+        plain = copy.deepcopy(hf_model, memo=shared).eval()
         bridge = TransformerBridge.boot_transformers(
             name, hf_model=hf_model, tokenizer=tok, device=str(next(hf_model.parameters()).device)
         )
-        return cls(hf_model, arch, bridge, params=params)
+        return cls(hf_model, arch, bridge, params=params, plain=plain)
 
     def forward(self, batch, capture, edits, reduce):
         """See :meth:`Backend.forward`."""
+        if not capture and not edits:
+            return self.plain_forward(batch), {}
         acts: dict[str, Tensor] = {}
         hooks: list[tuple[str, Callable]] = []
         results = any(n.endswith("hook_result") for n in [*capture, *edits])
@@ -187,6 +207,8 @@ class NNsightBackend(Backend):
         """See :meth:`Backend.forward`."""
         from deltalens.hooks.names import execution_order
 
+        if not capture and not edits:
+            return self.plain_forward(batch), {}
         wanted = execution_order(set(capture) | set(edits), self.n_layers)
         inside = [n for n in wanted if self.arch.site(n).where == "attention"]
         saved: dict[str, Any] = {}

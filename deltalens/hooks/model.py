@@ -344,10 +344,10 @@ class HookedModel:
     ) -> list[str]:
         """Greedy generation; returns only the new text of each prompt.
 
-        Without active activation hooks this runs Hugging Face ``generate`` on the wrapped module
-        (which sees any in-place weight edit; with a KV cache on nnsight, without one on the
-        TransformerLens bridge, whose cached decoding is not exact). With hooks active it runs a greedy
-        loop through the backend so the hooks apply at every step.
+        Without active activation hooks this runs Hugging Face ``generate`` with its KV cache on the
+        untouched model (on TransformerLens, a twin of the wrapped module that shares its weights, so
+        in-place weight edits apply). With hooks active it runs a greedy loop through the backend so
+        the hooks apply at every step.
         """
         single = isinstance(prompts, str)
         texts = self.format_prompts([prompts] if single else list(prompts), chat=chat, template=template)
@@ -388,16 +388,14 @@ class HookedModel:
         eos = self.tokenizer.eos_token_id
         if not self._active:
             with torch.inference_mode():
-                gen = self.hf_model.generate(
+                gen = self._backend.plain.generate(
                     input_ids=batch.input_ids,
                     attention_mask=batch.attention_mask,
                     max_new_tokens=max_new_tokens,
                     do_sample=kw.pop("do_sample", False),
                     pad_token_id=self.tokenizer.pad_token_id,
                     eos_token_id=eos,
-                    # The TransformerLens bridge replaces the HF blocks in place; their KV-cache path
-                    # gives wrong tokens (checked against an untouched model), so decode without it.
-                    use_cache=self._backend.kv_cache_ok,
+                    use_cache=True,
                     **kw,
                 )
             return gen[:, batch.input_ids.shape[1] :]
