@@ -38,23 +38,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 STAGES = ("w0", "wa", "useful", "harmful", "contaminated")
 
 
-def tiny_family(root: Path) -> dict[str, str]:
-    """W_0, W_A and three fine-tunes as tiny Llama checkpoint folders under ``root``."""
-    from deltalens.testing import perturb, tiny_model
-
-    paths = {}
-    for i, stage in enumerate(STAGES):
-        model, tok = tiny_model("llama", seed=0)
-        if stage != "w0":
-            perturb(model, seed=1)
-        if stage not in ("w0", "wa"):
-            perturb(model, seed=10 + i)
-        model.save_pretrained(root / stage)
-        tok.save_pretrained(root / stage)
-        paths[stage] = str(root / stage)
-    return paths
-
-
 def config(preset: str, family_root: Path, dtype: str) -> dict:
     """A small battery config of every experiment, in ``dtype``."""
     small = {
@@ -74,6 +57,8 @@ def config(preset: str, family_root: Path, dtype: str) -> dict:
 
 def tiny_family_paths(root: Path) -> dict[str, str]:
     if not (root / "contaminated").is_dir():
+        from deltalens.testing import tiny_family
+
         tiny_family(root)
     return {s: str(root / s) for s in STAGES}
 

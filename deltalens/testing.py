@@ -137,3 +137,26 @@ def perturb(model: Any, seed: int, scale: float = 0.02) -> Any:
         for p in model.parameters():
             p.add_(scale * torch.randn(p.shape, generator=g))
     return model
+
+
+FAMILY_STAGES: tuple[str, ...] = ("w0", "wa", "useful", "harmful", "contaminated")
+
+
+def tiny_family(root: str | Path, arch: Arch = "llama") -> dict[str, str]:
+    """W_0, W_A = W_0 + noise and three fine-tunes = W_A + noise, saved as checkpoint folders under ``root``.
+
+    Returns:
+        ``{stage: path}`` for the stages of :data:`FAMILY_STAGES` (a battery's ``family:`` block).
+    """
+    root = Path(root)
+    paths = {}
+    for i, stage in enumerate(FAMILY_STAGES):
+        model, tok = tiny_model(arch, seed=0)
+        if stage != "w0":
+            perturb(model, seed=1)
+        if stage not in ("w0", "wa"):
+            perturb(model, seed=10 + i)
+        model.save_pretrained(root / stage)
+        tok.save_pretrained(root / stage)
+        paths[stage] = str(root / stage)
+    return paths

@@ -36,20 +36,9 @@ ARITH = [(f"what is {i} + {i}?", str(2 * i)) for i in range(8)]
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory) -> dict[str, str]:
     """W_0, W_A = W_0 + noise, and three fine-tunes = W_A + noise, saved with their tokenizer."""
-    from deltalens.testing import perturb, tiny_model
+    from deltalens.testing import tiny_family
 
-    root = tmp_path_factory.mktemp("family")
-    out = {}
-    for i, stage in enumerate(STAGES):
-        model, tok = tiny_model("llama", seed=0)
-        if stage != "w0":
-            perturb(model, seed=1)
-        if stage not in ("w0", "wa"):
-            perturb(model, seed=10 + i)
-        model.save_pretrained(root / stage)
-        tok.save_pretrained(root / stage)
-        out[stage] = str(root / stage)
-    return out
+    return tiny_family(tmp_path_factory.mktemp("family"))
 
 
 @pytest.fixture

@@ -214,3 +214,89 @@ def test_cached_resid_mid_is_what_flows_on(loaded, side):
     mask = batch.attention_mask.bool()
     total = cache["blocks.0.hook_resid_mid"] + cache["blocks.0.hook_mlp_out"]
     torch.testing.assert_close(total[mask], cache["blocks.0.hook_resid_post"][mask], atol=1e-5, rtol=1e-5)
+
+
+ALL_SITE_HOOKS = HOOKS + ("blocks.1.ln1.hook_scale", "blocks.0.ln2.hook_normalized", "blocks.0.hook_resid_post")
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_cached_values_equal_the_raw_site_values(loaded, side):
+    """The value each hook caches is what a raw torch hook sees at that place (norms: before the gain)."""
+    arch, m = loaded
+    batch = m.tokenize(PROMPTS, padding_side=side)
+    cache = m.run_with_cache(batch.input_ids, names=list(ALL_SITE_HOOKS), attention_mask=batch.attention_mask)
+    mask = batch.attention_mask.bool()
+    for hook in ALL_SITE_HOOKS:
+        seen: list[torch.Tensor] = []
+        _reference_logits(arch, hook, functools.partial(_keep, seen), batch)
+        assert cache[hook].shape == seen[0].shape, hook
+        torch.testing.assert_close(cache[hook][mask], seen[0][mask], atol=1e-5, rtol=1e-5, msg=hook)
+
+
+def _keep(store: list, x: torch.Tensor) -> torch.Tensor:
+    store.append(x)
+    return x
+
+
+def _test_attention(edits: dict[str, object]):
+    """The test's own eager attention (written from the HF modeling files) with edit points."""
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        fns = edits.get(getattr(module, "layer_idx", None), {})
+        scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+        if "rot_q" in fns:
+            query = fns["rot_q"](query.transpose(1, 2)).transpose(1, 2)
+        groups = query.shape[1] // key.shape[1]
+        k = key.repeat_interleave(groups, dim=1)
+        v = value.repeat_interleave(groups, dim=1)
+        scores = query @ k.transpose(-1, -2) * scaling
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        if "scores" in fns:
+            scores = fns["scores"](scores)
+        pattern = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+        if "pattern" in fns:
+            pattern = fns["pattern"](pattern)
+        return (pattern @ v).transpose(1, 2).contiguous(), pattern
+
+    return attention
+
+
+@pytest.mark.parametrize("hook,kind", [("attn.hook_pattern", "pattern"), ("attn.hook_attn_scores", "scores"),
+                                       ("attn.hook_rot_q", "rot_q")])
+def test_attention_internal_edits_equal_the_same_edit_in_eager_attention(loaded, hook, kind):
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    arch, m = loaded
+    if kind == "rot_q" and arch == "gpt2":
+        pytest.skip("GPT-2 has no rotary embeddings")
+    batch = m.tokenize(PROMPTS, padding_side="left")
+
+    def fn(x):  # scale everything, and head 0 once more
+        y = x * 1.3
+        if kind == "rot_q":  # [batch, pos, head, d_head]
+            y[:, :, 0] = y[:, :, 0] * 0.5
+        else:  # [batch, head, q, k]
+            y[:, 0] = y[:, 0] * 0.5
+        return y
+
+    with m.hooks({f"blocks.1.{hook}": fn}):
+        got = m.logits(batch.input_ids, attention_mask=batch.attention_mask)
+    name = "parity_test_attention"
+    AttentionInterface.register(name, _test_attention({1: {kind: fn}}))
+    AttentionMaskInterface.register(name, eager_mask)
+    ref = _reference_model(arch)
+    old = ref.config._attn_implementation
+    ref.config._attn_implementation = name
+    if hasattr(ref.config, "text_config"):
+        ref.config.text_config._attn_implementation = name
+    try:
+        with torch.no_grad():
+            want = ref(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids).logits
+    finally:
+        ref.config._attn_implementation = old
+    mask = batch.attention_mask.bool()
+    assert (want[mask] - m.logits(batch.input_ids, attention_mask=batch.attention_mask)[mask]).abs().max() > 1e-4
+    torch.testing.assert_close(got[mask], want[mask], atol=1e-5, rtol=1e-5)
