@@ -143,8 +143,8 @@ class TransformerLensBackend(Backend):
         if not getattr(cfg, "architectures", None):
             cfg.architectures = [type(hf_model).__name__]
         # An untouched twin of the HF module (its own modules and config, the same weight tensors):
-        # unhooked forwards and generate (with its KV cache, which the bridge's blocks get wrong)
-        # run the model's own code, and in-place weight edits reach both.
+        # unhooked generate runs on it with its KV cache (which the bridge's blocks get wrong), and
+        # in-place weight edits reach both.
         shared = {id(t): t for t in [*hf_model.parameters(), *hf_model.buffers()]}
         plain = copy.deepcopy(hf_model, memo=shared).eval()
         bridge = TransformerBridge.boot_transformers(
@@ -153,9 +153,8 @@ class TransformerLensBackend(Backend):
         return cls(hf_model, arch, bridge, params=params, plain=plain)
 
     def forward(self, batch, capture, edits, reduce):
-        """See :meth:`Backend.forward`."""
-        if not capture and not edits:
-            return self.plain_forward(batch), {}
+        """See :meth:`Backend.forward` (always through the bridge, so that a hook that changes
+        nothing changes no bit of the logits, as in TransformerLens)."""
         acts: dict[str, Tensor] = {}
         hooks: list[tuple[str, Callable]] = []
         results = any(n.endswith("hook_result") for n in [*capture, *edits])
