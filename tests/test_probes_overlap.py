@@ -290,3 +290,21 @@ def test_weight_overlap_factored_update_equals_dense():
             fact = weight_overlap(delta, other, etas=(0.5, 0.99), centered=centered).table
             np.testing.assert_allclose(fact["mso"], dense["mso"], atol=1e-9)
             assert (fact["k_a"] == dense["k_a"]).all() and (fact["k_a"] <= 4).all()
+
+
+def test_mso_at_eta_equals_numpy_on_the_energy_ranks():
+    import numpy as np
+
+    from deltalens.probes.overlap import energy_rank, left_svd, mso_at
+
+    g = torch.Generator().manual_seed(3)
+    A, B = torch.randn(30, 12, generator=g), torch.randn(30, 9, generator=g)
+    (Ua, Sa), (Ub, Sb) = left_svd(A, method="svd"), left_svd(B, method="svd")
+    for eta in (0.3, 0.9):
+        ka, kb = energy_rank(Sa, eta), energy_rank(Sb, eta)
+        qa = np.linalg.svd(A.double().numpy(), full_matrices=False)[0][:, :ka]
+        qb = np.linalg.svd(B.double().numpy(), full_matrices=False)[0][:, :kb]
+        r = mso_at(Ua, Sa, Ub, Sb, eta)
+        assert (r.k_a, r.k_b, r.d) == (ka, kb, 30)
+        assert r.mso == pytest.approx(float(np.square(qa.T @ qb).sum()) / min(ka, kb), abs=1e-10)
+        assert r.baseline == max(ka, kb) / 30

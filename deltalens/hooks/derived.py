@@ -22,21 +22,22 @@ def _eps(module: nn.Module) -> float:
     raise AttributeError(f"{type(module).__name__} has no epsilon attribute")
 
 
+def _centred(x: Tensor, kind: str) -> Tensor:
+    """``x`` in fp32 at least, centred first for LayerNorm."""
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    return xf - xf.mean(-1, keepdim=True) if kind == "layernorm" else xf
+
+
 def norm_parts(module: nn.Module, x: Tensor, kind: str) -> tuple[Tensor, Tensor]:
     """``(scale [..., 1], normalized [..., d])`` of a norm's input ``x`` (computed in fp32 at least)."""
-    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    if kind == "layernorm":
-        xf = xf - xf.mean(-1, keepdim=True)
-    scale = (xf.pow(2).mean(-1, keepdim=True) + _eps(module)).sqrt()
-    return scale, xf / scale
+    xc = _centred(x, kind)
+    scale = (xc.pow(2).mean(-1, keepdim=True) + _eps(module)).sqrt()
+    return scale, xc / scale
 
 
 def normalize(x: Tensor, scale: Tensor, kind: str) -> Tensor:
     """``x / scale`` (LayerNorm: centred first), for an edited scale."""
-    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    if kind == "layernorm":
-        xf = xf - xf.mean(-1, keepdim=True)
-    return xf / scale
+    return _centred(x, kind) / scale
 
 
 def norm_output(module: nn.Module, normalized: Tensor, kind: str) -> Tensor:

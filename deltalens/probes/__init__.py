@@ -28,6 +28,7 @@ from deltalens.probes.overlap import (
     left_svd,
     linear_cka,
     mso,
+    mso_at,
     mso_from_bases,
     principal_angles,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "left_svd",
     "linear_cka",
     "mso",
+    "mso_at",
     "mso_from_bases",
     "overlap_from_activations",
     "principal_angles",

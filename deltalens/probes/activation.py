@@ -25,7 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from deltalens.hooks.names import parse_layers
-from deltalens.probes.overlap import energy_rank, left_svd
+from deltalens.probes.overlap import left_svd, mso_at
 from deltalens.schemas import ACTIVATION_OVERLAP
 
 if TYPE_CHECKING:
@@ -79,10 +79,8 @@ def _layer_rows(
     rows = []
     for a, b in itertools.combinations(data, 2):
         (Ua, Sa), (Ub, Sb) = svd[a], svd[b]
-        d = Ua.shape[0]
         for eta in etas:
-            ka, kb = energy_rank(Sa, eta), energy_rank(Sb, eta)
-            value = float((Ua[:, :ka].T @ Ub[:, :kb]).square().sum()) / min(ka, kb)
+            r = mso_at(Ua, Sa, Ub, Sb, eta)
             rows.append(
                 dict(
                     model=model,
@@ -94,11 +92,11 @@ def _layer_rows(
                     centered=c,
                     n_a=data[a].shape[0],
                     n_b=data[b].shape[0],
-                    k_a=ka,
-                    k_b=kb,
-                    d=d,
-                    mso=value,
-                    baseline=max(ka, kb) / d,
+                    k_a=r.k_a,
+                    k_b=r.k_b,
+                    d=r.d,
+                    mso=r.mso,
+                    baseline=r.baseline,
                 )
             )
     return rows

@@ -220,6 +220,16 @@ def mso_from_bases(Qa: Float[Tensor, "d k_a"], Qb: Float[Tensor, "d k_b"]) -> MS
     return MSOResult(mso=overlap, k_a=ka, k_b=kb, d=d, baseline=max(ka, kb) / d)
 
 
+def mso_at(
+    Ua: Float[Tensor, "d r_a"], Sa: Float[Tensor, " r_a"], Ub: Float[Tensor, "d r_b"], Sb: Float[Tensor, " r_b"], eta: float
+) -> MSOResult:
+    """MSO of the energy-``eta`` subspaces of two decompositions from :func:`left_svd` (float64 ``U``).
+
+    The ranks are :func:`energy_rank` of each ``S``; one SVD serves every ``eta`` of a sweep.
+    """
+    return mso_from_bases(Ua[:, : energy_rank(Sa, eta)], Ub[:, : energy_rank(Sb, eta)])
+
+
 def mso(
     A: Float[Tensor, "m n_a"],
     B: Float[Tensor, "m n_b"],

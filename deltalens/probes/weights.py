@@ -25,7 +25,7 @@ from torch import Tensor
 
 from deltalens.hooks.weights import is_embedding, layer_pattern, tensor_group, tensor_layer
 from deltalens.interventions.delta import LowRank, WeightDelta
-from deltalens.probes.overlap import energy_rank, left_svd
+from deltalens.probes.overlap import energy_rank, left_svd, mso_at
 from deltalens.schemas import WEIGHT_OVERLAP, WEIGHT_OVERLAP_TENSORS
 
 if TYPE_CHECKING:
@@ -92,12 +92,10 @@ def _rows(
     name: str, da: tuple[Tensor, Tensor], db: tuple[Tensor, Tensor], etas: list[float]
 ) -> list[dict[str, Any]]:
     (Ua, Sa), (Ub, Sb) = da, db
-    d = Ua.shape[0]
     layer, group = tensor_layer(name), tensor_group(name)
     rows = []
     for eta in etas:
-        ka, kb = energy_rank(Sa, eta), energy_rank(Sb, eta)
-        value = float((Ua[:, :ka].T @ Ub[:, :kb]).square().sum()) / min(ka, kb)
+        r = mso_at(Ua, Sa, Ub, Sb, eta)
         rows.append(
             dict(
                 tensor=name,
@@ -106,11 +104,11 @@ def _rows(
                 layer=layer,
                 is_embedding=group in ("embedding", "unembedding"),
                 eta=eta,
-                k_a=ka,
-                k_b=kb,
-                d=d,
-                mso=value,
-                baseline=max(ka, kb) / d,
+                k_a=r.k_a,
+                k_b=r.k_b,
+                d=r.d,
+                mso=r.mso,
+                baseline=r.baseline,
             )
         )
     return rows
