@@ -46,8 +46,9 @@ class OrganismConfig:
     400 steps for useful and contaminated. ``*_steps`` are optimizer steps of ``batch_size``
     sequences; every stage uses AdamW (0.9, 0.98), 5 % warm-up and a cosine decay to 10 % of
     its lr. ``num_threads`` (at most 2) does not enter the cache keys; it defaults to 2 because a
-    different number of threads sums in another order and trains a different family (None lets
-    each stage time 1 against 2 and switch, which is faster on a busy machine but not reproducible).
+    different number of threads sums in another order and trains a visibly different family (None
+    lets each stage time 1 against 2 and switch: faster on a busy machine, but the family then
+    depends on the load). Builds with a fixed count still differ slightly between runs.
 
     Example:
         >>> OrganismConfig(seed=1, lora=False)
