@@ -39,6 +39,7 @@ _SUBMODULES = {
     "data",
     "evals",
     "viz",
+    "circuits",
     "testing",
     "study",
 }
