@@ -131,3 +131,45 @@ def test_template_in_collect_matches_run_with_cache(tmp_path):
         collect(m, PROMPTS, names="blocks.1.hook_resid_post", template="> {prompt}", out=out, progress=False)
     with pytest.raises(ValueError, match="slot"):
         collect(m, PROMPTS, names="blocks.1.hook_resid_post", template="no slot", progress=False)
+
+
+def _edited_metric(m, batch, metric, name: str, delta: torch.Tensor) -> float:
+    with m.hooks({name: lambda x: x + delta.to(x.dtype)}):
+        logits = m.logits(batch.input_ids, attention_mask=batch.attention_mask)
+    return float(metric(logits))
+
+
+@pytest.mark.parametrize("backend", ["nnsight", "transformer_lens"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_every_hooks_gradient_is_the_derivative_of_an_edit_there(arch, backend):
+    """<grad, u> equals the central finite difference of the metric under the edit x + eps·u (float64 model).
+
+    Covers the hooks that are views or computed values (per-head q / k / v / z / result, norm scales
+    and normalised vectors, patterns): their gradient must be that of the tensor the forward goes on
+    with, not of a side copy.
+    """
+    from deltalens.testing import perturb
+
+    model, tok = tiny_model(arch)
+    perturb(model, seed=3, scale=0.05)
+    m = dl.load(model, tokenizer=tok, backend=backend, dtype=torch.float64)
+    batch = m.tokenize(PROMPTS)
+    metric = _last_real_metric(batch.attention_mask)
+    names = [n for n in m.hook_names if n.startswith("blocks.0.") or n.startswith("ln_final")]
+    grads, acts = (lambda r: (r[1], r[0]))(
+        m.gradients(batch.input_ids, metric, names=names, attention_mask=batch.attention_mask,
+                    return_activations=True)
+    )
+    gen = torch.Generator().manual_seed(0)
+    eps = 2e-3  # not smaller: HF's eager attention takes its softmax in float32 even in a float64 model
+    for name in names:
+        u = torch.randn(acts[name].shape, generator=gen, dtype=torch.float64)
+        def central(h: float) -> float:
+            return (_edited_metric(m, batch, metric, name, h * u) - _edited_metric(m, batch, metric, name, -h * u)) / (
+                2 * h
+            )
+
+        fd = (4 * central(eps / 2) - central(eps)) / 3  # Richardson: the eps² term cancels
+        got = float((grads[name].double() * u).sum())
+        assert abs(got - fd) <= 3e-4 * max(1.0, abs(fd)), (name, got, fd)
+    assert any(grads[n].abs().max() > 0 for n in names if n.endswith("hook_z"))
