@@ -1,4 +1,4 @@
-"""Offline visualisations: attention, residual-stream views, steering plots, one HTML report.
+"""Offline visualisations: attention, circuits, residual-stream views, steering plots, one HTML report.
 
 Every function is pure and returns a view with ``_repr_html_`` (renders in Jupyter with no
 network access), ``.save("x.html")`` (one self-contained file) and, for pictures,
@@ -13,6 +13,7 @@ Example:
 
 from deltalens.viz.attention import AttentionView, attention, attention_compare
 from deltalens.viz.base import FigureView, View
+from deltalens.viz.circuit import CircuitView, circuit_graph, dla_bars, head_heatmap
 from deltalens.viz.report import Report
 from deltalens.viz.residual import activation_overlap, logit_lens, probe_accuracy
 from deltalens.viz.steering import energy_kept, patching, steering_sweep
@@ -20,14 +21,18 @@ from deltalens.viz.weights import delta_norms, weight_overlap
 
 __all__ = [
     "AttentionView",
+    "CircuitView",
     "FigureView",
     "Report",
     "View",
     "activation_overlap",
     "attention",
     "attention_compare",
+    "circuit_graph",
     "delta_norms",
+    "dla_bars",
     "energy_kept",
+    "head_heatmap",
     "logit_lens",
     "patching",
     "probe_accuracy",

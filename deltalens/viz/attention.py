@@ -68,10 +68,13 @@ class AttentionView(View):
         heads: the head indices shown.
         data: a tidy ``DataFrame`` with columns ``model, head, query, key, query_token,
             key_token, weight``.
+        difference: ``{"b − a": numpy array [head, query, key]}`` of two models' patterns on the
+            same tokens (from :func:`attention_compare`), drawn as a red/blue panel; else empty.
     """
 
     tokens: dict[str, list[str]] = field(default_factory=dict)
     patterns: dict[str, Any] = field(default_factory=dict)
+    difference: dict[str, Any] = field(default_factory=dict)
     layer: int = 0
     heads: list[int] = field(default_factory=list)
     decimals: int = 4
@@ -121,6 +124,8 @@ class AttentionView(View):
             f"try{{CircuitsVis.render(el.id,CircuitsVis.{_ELEMENT},it[1]);}}"
             "catch(e){el.textContent='attention view failed to render: '+e;}});})();</script>"
         )
+        for label, diff in self.difference.items():
+            cols.append(diff_panel(diff, self.tokens[next(iter(self.tokens))], self.heads, self.layer, label))
         cap = f'<p class="dl-caption">{esc(self.caption)}</p>' if self.caption else ""
         return (
             f'<div class="dl-view dl-attention" id="{uid}" data-kind="attention">'
@@ -128,6 +133,43 @@ class AttentionView(View):
             f'<div class="dl-row" style="display:flex;flex-wrap:wrap;gap:18px">{"".join(cols)}</div>{cap}'
             f"{script}</div>\n"
         )
+
+
+def diff_panel(diff: Any, tokens: Sequence[str], heads: Sequence[int], layer: int, label: str) -> str:
+    """Inline SVG grids of an attention difference ``[head, query, key]`` (blue: more attention in
+    the second model, red: less; one colour scale for all heads); each cell has a tooltip."""
+    import numpy as np
+
+    diff = np.asarray(diff, dtype=np.float64)
+    n = diff.shape[-1]
+    largest = float(np.abs(diff).max()) or 1.0
+    cell = max(4.0, min(16.0, 240.0 / n))
+    grids = []
+    for i, h in enumerate(heads):
+        rects = []
+        for q in range(n):
+            for k in range(q + 1):
+                v = float(diff[i, q, k])
+                t = abs(v) / largest
+                rgb = (43, 108, 176) if v >= 0 else (197, 48, 48)
+                fill = "#" + "".join(f"{round(255 + (c - 255) * t):02x}" for c in rgb)
+                tip = f"L{layer}H{h} {tokens[q]!r} → {tokens[k]!r}: {v:+.4f}"
+                rects.append(
+                    f'<rect x="{k * cell:.1f}" y="{q * cell:.1f}" width="{cell:.1f}" height="{cell:.1f}" '
+                    f'fill="{fill}" data-value="{v!r}"><title>{esc(tip)}</title></rect>'
+                )
+        side = n * cell
+        grids.append(
+            f'<figure style="margin:0 8px 8px 0;display:inline-block" data-head="{h}">'
+            f'<figcaption style="font-size:.8em">L{layer}H{h}</figcaption>'
+            f'<svg class="dl-attn-diff-grid" viewBox="0 0 {side:.0f} {side:.0f}" width="{side:.0f}" '
+            f'height="{side:.0f}" style="border:1px solid #ddd">{"".join(rects)}</svg></figure>'
+        )
+    note = f"blue: more attention, red: less (largest |difference| {largest:.3g}); hover a cell"
+    return (
+        f'<div class="dl-col dl-attn-diff" style="flex:1 1 420px;min-width:360px" data-label="{esc(label)}">'
+        f'<div class="dl-title">{esc(label)}</div><p class="dl-caption">{esc(note)}</p>{"".join(grids)}</div>'
+    )
 
 
 def str_tokens(tokenizer: Any, ids: Sequence[int]) -> list[str]:
@@ -282,6 +324,7 @@ def attention_compare(
     *,
     heads: int | Sequence[int] | None = None,
     title: str | None = None,
+    diff: bool | None = None,
     **kwargs: Any,
 ) -> AttentionView:
     """The same layer's attention for several models side by side (e.g. base vs fine-tuned).
@@ -292,6 +335,8 @@ def attention_compare(
         layer: block index.
         heads: one head, a list of heads, or None for all.
         title: heading (default ``"Attention, layer {layer}: a vs b"``).
+        diff: add a panel of the second pattern minus the first (``view.difference``); default:
+            when there are exactly two models and they saw the same tokens.
         **kwargs: passed to :func:`attention` (``tokens``, ``tokenizer``, ``batch_index``).
 
     Returns:
@@ -313,9 +358,11 @@ def attention_compare(
         prov.update(view.provenance)
         chosen = view.heads
     names = " vs ".join(str(k) for k in models)
+    difference = _difference(tokens_map, patterns, diff)
     return AttentionView(
         kind="attention",
         title=title or f"Attention, layer {layer}: {names}",
+        difference=difference,
         data=_tidy(tokens_map, patterns, chosen),
         provenance=prov,
         params={"layer": layer, "heads": chosen, "prompt": prompt, "models": list(map(str, models))},
@@ -324,3 +371,20 @@ def attention_compare(
         layer=layer,
         heads=chosen,
     )
+
+
+def _difference(tokens: dict[str, list[str]], patterns: dict[str, Any], diff: bool | None) -> dict[str, Any]:
+    """``{"b − a": pattern_b - pattern_a}`` for two models on the same tokens (see ``diff``)."""
+    labels = list(patterns)
+    same = len(labels) == 2 and tokens[labels[0]] == tokens[labels[1]]
+    if diff is None:
+        diff = same
+    if not diff:
+        return {}
+    if not same:
+        raise ValueError(
+            f"attention_compare: diff=True needs exactly two models that saw the same tokens; got {labels}"
+            + ("" if len(labels) != 2 else " whose tokenizers split the prompt differently")
+        )
+    a, b = labels
+    return {f"{b} − {a}": patterns[b] - patterns[a]}
