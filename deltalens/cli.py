@@ -143,8 +143,12 @@ def error_message(e: BaseException) -> str:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    """Run the chosen subcommand with deltalens's thread settings (see :mod:`deltalens.threads`)."""
+    from deltalens import threads
+
     module, _add, fn, _help = _SUBCOMMANDS[args.command]
-    return int(_lookup(module, fn)(args) or 0)
+    with threads.use(getattr(args, "threads", None), what="--threads"):
+        return int(_lookup(module, fn)(args) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
