@@ -253,14 +253,21 @@ def check_finite(model: nn.Module, source: str) -> None:
     """
     import torch
 
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+    from deltalens.hooks.weights import is_offloaded, offloaded_weights
+
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    if is_offloaded(model):  # a device_map offloaded these: check the weights it reads back
+        tensors = [*offloaded_weights(model).items(), *model.named_buffers()]
+    for name, t in tensors:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise CheckpointError(
                 f"the weights loaded from {source!r} are corrupted: tensor {name!r} holds NaN or infinite values"
             )
 
 
-def _load_hf(path: Path, dtype: torch.dtype, device_map: Any) -> tuple[nn.Module, Any]:
+def _load_hf(
+    path: Path, dtype: torch.dtype, device_map: Any, offload_folder: str | None = None
+) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if path.is_file():
@@ -269,6 +276,8 @@ def _load_hf(path: Path, dtype: torch.dtype, device_map: Any) -> tuple[nn.Module
     kw: dict[str, Any] = {"dtype": dtype}
     if device_map is not None:
         kw["device_map"] = device_map
+    if offload_folder is not None:
+        kw["offload_folder"] = str(offload_folder)
     model = _read_weights(path, lambda: AutoModelForCausalLM.from_pretrained(path, **kw)).eval()
     try:
         tok = AutoTokenizer.from_pretrained(path)
@@ -286,6 +295,7 @@ def load(
     device: str = "cpu",
     merge_adapter: bool | None = None,
     device_map: Any = None,
+    offload_folder: str | Path | None = None,
     **engine_kwargs: Any,
 ) -> HookedModel:
     """Load a checkpoint into a :class:`~deltalens.hooks.model.HookedModel`.
@@ -300,7 +310,9 @@ def load(
         device: ``"cpu"``, ``"cuda"`` ... (ignored when ``device_map`` is given).
         merge_adapter: merge the LoRA into the weights. Always true for TransformerLens;
             for nnsight ``False`` keeps the adapter live (default: merge).
-        device_map: passed to ``from_pretrained`` (accelerate), e.g. ``"auto"`` for multi-GPU.
+        device_map: passed to ``from_pretrained`` (accelerate): ``"auto"`` (multi-GPU) or
+            ``{module: 0 | "cpu" | "disk"}``; see :func:`placement` for what offloading keeps.
+        offload_folder: accelerate's folder for weights it offloads to ``"disk"``.
         **engine_kwargs: passed to the backend engine (e.g. nnsight's ``TransformersModel``).
 
     Example:
@@ -314,11 +326,10 @@ def load(
     from deltalens.hooks.model import HookedModel
 
     torch_dtype = _check_load_args(backend, dtype, adapter, merge_adapter)
+    place = placement(source, device, device_map, offload_folder, adapter)
     merge_adapter = True if merge_adapter is None else merge_adapter
-    model, tok, base_name, ckpt_hash = _read_model(source, tokenizer, adapter, torch_dtype, device_map)
+    model, tok, base_name, ckpt_hash = _read_model(source, tokenizer, adapter, torch_dtype, place)
     arch = arch_for(base_module(model).config)
-    if device_map is None:
-        model = model.to(device)
     h = ckpt_hash
     if adapter is not None:
         model, h = _apply_adapter(model, Path(adapter).expanduser(), merge_adapter, ckpt_hash)
@@ -356,8 +367,51 @@ def _check_load_args(backend: str, dtype: Any, adapter: Any, merge_adapter: bool
     return torch_dtype
 
 
+def placement(
+    source: Any, device: str, device_map: Any = None, offload_folder: Any = None, adapter: Any = None
+) -> tuple[str, Any, str | None]:
+    """Check where :func:`load` puts the model; return ``(device, device_map, offload_folder)``.
+
+    With a ``device_map``, accelerate places each module (``"auto"``: over the GPUs, then CPU
+    memory, then disk; a dict: as given). Modules offloaded to ``"cpu"`` or ``"disk"`` keep their
+    weights on the ``meta`` device and read them in for their forward. Caches, hooks, hook edits,
+    gradients and :meth:`~deltalens.hooks.model.HookedModel.state_dict` (so weight deltas) equal
+    the unsplit model's; in-place weight edits are refused (the weights are re-read every
+    forward), and a LoRA adapter needs merging first.
+
+    Raises:
+        ValueError: an ``offload_folder`` without a ``device_map``, a ``device_map`` for an
+            in-memory model or of an unknown form, ``"disk"`` without ``offload_folder``, an
+            adapter on an offloaded model.
+    """
+    if device_map is None:
+        if offload_folder is not None:
+            raise ValueError(f"offload_folder={str(offload_folder)!r} needs a device_map (e.g. 'auto')")
+        return device, None, None
+    if not isinstance(source, str | Path):
+        raise ValueError(
+            f"device_map={device_map!r} applies to a checkpoint path; an in-memory model is already "
+            "placed (move it yourself, or save it and load the folder)"
+        )
+    if not isinstance(device_map, str | dict):
+        raise ValueError(
+            f"device_map={device_map!r} is not allowed; expected 'auto', 'balanced', 'sequential', a "
+            "device ('cpu', 'cuda:0') or a dict {module name: device | 'cpu' | 'disk'}"
+        )
+    values = device_map.values() if isinstance(device_map, dict) else [device_map]
+    if "disk" in values and offload_folder is None:
+        raise ValueError(f"device_map={device_map!r} puts modules on 'disk'; pass offload_folder=FOLDER too")
+    if adapter is not None and ("disk" in values or "cpu" in values and len(set(values)) > 1):
+        raise ValueError(
+            f"adapter={str(adapter)!r} with an offloading device_map={device_map!r} is not supported: "
+            "load it without a device_map, save the merged model (m.hf_model.save_pretrained(DIR)), "
+            "then load DIR with the device_map"
+        )
+    return device, device_map, None if offload_folder is None else str(offload_folder)
+
+
 def _read_model(
-    source: str | Path | nn.Module, tokenizer: Any, adapter: Any, dtype: torch.dtype, device_map: Any
+    source: str | Path | nn.Module, tokenizer: Any, adapter: Any, dtype: torch.dtype, place: tuple
 ) -> tuple[nn.Module, Any, str, str]:
     """The HF model, its tokenizer, a display name and a content hash, from a path or a module."""
     if isinstance(source, str | Path):
@@ -365,11 +419,12 @@ def _read_model(
         _check_checkpoint_dir(path)
         if adapter is not None:  # validate the adapter dir before loading big weights
             _adapter_files(Path(adapter).expanduser())
-        model, tok = _load_hf(path, dtype, device_map)
+        model, tok = _load_hf(path, dtype, *place[1:])
+        model = model if place[1] is not None else model.to(place[0])
         return model, tokenizer if tokenizer is not None else tok, str(path), checkpoint_hash(path)
     if tokenizer is None:
         raise ValueError("an in-memory model needs tokenizer=...")
-    model = source.to(dtype)
+    model = source.to(dtype).to(place[0])
     name = getattr(model.config, "_name_or_path", "") or type(model).__name__
     return model, tokenizer, name, weight_hash(base_module(model))[:16]
 

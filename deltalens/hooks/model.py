@@ -19,7 +19,9 @@ from deltalens.hooks.provenance import Provenance
 from deltalens.hooks.weights import (
     GROUPS,
     base_module,
+    is_offloaded,
     live_weights,
+    offloaded_weights,
     tensor_group,
     tensor_layer,
     transposed_weights,
@@ -196,12 +198,17 @@ class HookedModel:
         """Remove every hook added with :meth:`add_hooks`."""
         self._active.clear()
 
-    def _edits(self) -> dict[str, list[HookFn]]:
+    def _hook_fns(self) -> dict[str, list[HookFn]]:
+        """The active hook functions by hook name, in the order they were added (not yet lowered)."""
         edits: dict[str, list[HookFn]] = {}
         for group in self._active.values():
             for name, fn in group.items():
                 edits.setdefault(name, []).append(fn)
-        return lower(edits)
+        return edits
+
+    def _edits(self) -> dict[str, list[HookFn]]:
+        """Engine-level edits: the active hook functions, lowered (see :func:`deltalens.hooks.edits.lower`)."""
+        return lower(self._hook_fns())
 
     # ---------------------------------------------------------------- forward passes
     def _forward(
@@ -282,16 +289,20 @@ class HookedModel:
         attention_mask: Tensor | None = None,
         chat: bool = False,
         template: str | None = None,
-    ) -> ActivationCache:
+        return_activations: bool = False,
+    ) -> ActivationCache | tuple[ActivationCache, ActivationCache]:
         """Gradients ``d metric(logits) / d activation`` at the named hooks, with active hooks in force.
 
         Args:
             inputs: strings or token ids, as for :meth:`run_with_cache`.
             metric: ``metric(logits [batch, pos, vocab]) -> scalar tensor``.
             names: hook names (exact, glob, list or predicate).
+            return_activations: also return the activations of the same forward pass.
 
         Returns:
-            An :class:`ActivationCache` of gradients, each with its activation's shape.
+            An :class:`ActivationCache` of gradients, each with its activation's shape; with
+            ``return_activations=True``, ``(activations, gradients)``, both with the metric's value
+            in ``meta["metric"]``.
 
         Example:
             >>> g = model.gradients(["Hi"], lambda lg: lg[:, -1, 42].sum(), names="blocks.*.hook_resid_post")
@@ -300,13 +311,16 @@ class HookedModel:
 
         chosen = resolve_names(names, self.hook_names)
         batch = self.tokenize(inputs, attention_mask, chat=chat, template=template)
-        grads = activation_gradients(self._backend, self._edits(), batch, metric, chosen)
-        return ActivationCache(
-            grads,
-            input_ids=batch.input_ids.cpu(),
-            attention_mask=batch.attention_mask.cpu(),
-            meta={"provenance": self.provenance.to_dict(), "kind": "gradients"},
-        )
+        out = activation_gradients(self._backend, self._hook_fns(), batch, metric, chosen, return_activations)
+        grads, acts, value = out if return_activations else (out, None, None)
+        ids, mask, prov = batch.input_ids.cpu(), batch.attention_mask.cpu(), self.provenance.to_dict()
+        meta = {"provenance": prov, "kind": "gradients"}
+        g_cache = ActivationCache(grads, input_ids=ids, attention_mask=mask, meta=meta)
+        if acts is None:
+            return g_cache
+        g_cache.meta["metric"] = value
+        a_meta = {"provenance": prov, "metric": value}
+        return ActivationCache(acts, input_ids=ids, attention_mask=mask, meta=a_meta), g_cache
 
     # ---------------------------------------------------------------- generation
     def format_prompts(
@@ -429,8 +443,18 @@ class HookedModel:
         """Live parameters keyed like :meth:`state_dict`, for reversible in-place edits.
 
         With a live (unmerged) LoRA adapter, ``merged=True`` returns merged copies instead;
-        editing live weights under an unmerged adapter raises.
+        editing live weights under an unmerged adapter raises. A model whose ``device_map``
+        offloads weights (to ``"cpu"`` or ``"disk"``) gives copies read from the offload with
+        ``merged=True`` and refuses in-place edits.
         """
+        if is_offloaded(self.hf_model):
+            if not merged:
+                raise ValueError(
+                    "this model's weights are offloaded by its device_map (accelerate reads them from "
+                    "CPU memory or disk for every forward), so they cannot be edited in place; load it "
+                    "without offload (device_map=None or every module on one device) to edit weights"
+                )
+            return offloaded_weights(self.hf_model)
         if self._backend.params is not None:
             return dict(self._backend.params)
         return live_weights(self.hf_model, merged=merged)

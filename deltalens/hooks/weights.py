@@ -166,6 +166,34 @@ def live_weights(hf_model: nn.Module, merged: bool = False) -> dict[str, Tensor]
     return out
 
 
+def is_offloaded(hf_model: nn.Module) -> bool:
+    """True if a ``device_map`` offloaded some parameters (accelerate keeps them on the ``meta``
+    device and brings each module's weights in from CPU memory or disk for its forward)."""
+    return any(p.is_meta for p in hf_model.parameters())
+
+
+def offloaded_weights(hf_model: nn.Module) -> dict[str, Tensor]:
+    """Every parameter of an offloaded model, read from where accelerate keeps it, as CPU copies.
+
+    Keys are canonical names (as :func:`live_weights`); tied tensors appear once, as there. The
+    offloaded ones are copies (editing them changes nothing in the model), read one owning
+    module at a time.
+    """
+    from accelerate.utils import align_module_device
+
+    names = [n for n, _ in hf_model.named_parameters()]
+    out = {n: p.detach() for n, p in hf_model.named_parameters() if not p.is_meta}
+    owners: dict[str, list[str]] = {}
+    for n in names:
+        if n not in out:
+            owners.setdefault(n.rpartition(".")[0], []).append(n)
+    for owner, params in owners.items():
+        mod = hf_model.get_submodule(owner)
+        with align_module_device(mod, "cpu"):
+            out.update({n: getattr(mod, n.rpartition(".")[2]).detach().clone() for n in params})
+    return {canonical_name(n): out[n] for n in names}
+
+
 _WEIGHT_EDITS: dict[int, str] = {}  # id of a model's first live parameter -> label of the edit in force
 
 
