@@ -139,6 +139,11 @@ def _edited_metric(m, batch, metric, name: str, delta: torch.Tensor) -> float:
     return float(metric(logits))
 
 
+def _central(m, batch, metric, name: str, u: torch.Tensor, h: float) -> float:
+    """Central difference of the metric along ``u`` under an edit at ``name``."""
+    return (_edited_metric(m, batch, metric, name, h * u) - _edited_metric(m, batch, metric, name, -h * u)) / (2 * h)
+
+
 @pytest.mark.parametrize("backend", ["nnsight", "transformer_lens"])
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_every_hooks_gradient_is_the_derivative_of_an_edit_there(arch, backend):
@@ -164,12 +169,7 @@ def test_every_hooks_gradient_is_the_derivative_of_an_edit_there(arch, backend):
     eps = 2e-3  # not smaller: HF's eager attention takes its softmax in float32 even in a float64 model
     for name in names:
         u = torch.randn(acts[name].shape, generator=gen, dtype=torch.float64)
-        def central(h: float) -> float:
-            return (_edited_metric(m, batch, metric, name, h * u) - _edited_metric(m, batch, metric, name, -h * u)) / (
-                2 * h
-            )
-
-        fd = (4 * central(eps / 2) - central(eps)) / 3  # Richardson: the eps² term cancels
+        fd = (4 * _central(m, batch, metric, name, u, eps / 2) - _central(m, batch, metric, name, u, eps)) / 3  # Richardson: the eps² term cancels
         got = float((grads[name].double() * u).sum())
         assert abs(got - fd) <= 3e-4 * max(1.0, abs(fd)), (name, got, fd)
     assert any(grads[n].abs().max() > 0 for n in names if n.endswith("hook_z"))
