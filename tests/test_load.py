@@ -165,3 +165,25 @@ def test_unknown_backend_and_dtype(tiny_dirs):
 def test_adapter_config_records_its_base(llama_adapter):
     cfg = json.loads((llama_adapter[0] / "adapter_config.json").read_text())
     assert cfg["r"] == 4
+
+
+def test_transposed_weights_are_named_as_the_weights_on_both_backends():
+    """GPT-2's Conv1D weights: the same checkpoint names on both backends, each a key of named_weights.
+
+    The TransformerLens bridge reaches c_attn / c_proj under renamed paths (attn.qkv, attn.o); a
+    set named that way would leave the square c_proj silently unoriented.
+    """
+
+    from deltalens.testing import tiny_model
+
+    sets = {}
+    for backend in ("nnsight", "transformer_lens"):
+        model, tok = tiny_model("gpt2")
+        m = dl.load(model, tokenizer=tok, backend=backend)
+        named = m.named_weights()
+        sets[backend] = m.transposed_weights
+        assert sets[backend] and sets[backend] <= set(named)
+        conv = {id(mod.weight) for mod in model.modules() if type(mod).__name__ == "Conv1D"}
+        assert {n for n, p in named.items() if id(p) in conv} == sets[backend]
+        assert all(named[n].shape == torch.Size([64, 64]) for n in sets[backend] if n.endswith("attn.c_proj.weight"))
+    assert sets["nnsight"] == sets["transformer_lens"]

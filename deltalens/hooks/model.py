@@ -476,7 +476,7 @@ class HookedModel:
     @property
     def transposed_weights(self) -> set[str]:
         """Names of weights stored ``[in, out]`` (GPT-2 ``Conv1D``); deltas orient them ``[out, in]``."""
-        return transposed_weights(base_module(self.hf_model))
+        return transposed_weights(self.hf_model, self._backend.params)
 
     @property
     def tied_embeddings(self) -> bool:

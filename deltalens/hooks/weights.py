@@ -125,13 +125,16 @@ def module_dims(module: object) -> tuple[int, int] | None:
     return None
 
 
-def transposed_weights(hf_model: nn.Module) -> set[str]:
-    """Canonical names of weights stored ``[in, out]`` (GPT-2 ``Conv1D`` modules), from module types."""
-    return {
-        canonical_name(f"{n}.weight")
-        for n, m in hf_model.named_modules()
-        if type(m).__name__ == "Conv1D"
-    }
+def transposed_weights(hf_model: nn.Module, params: dict[str, Tensor] | None = None) -> set[str]:
+    """Names of weights stored ``[in, out]`` (GPT-2 ``Conv1D`` modules), found by module type.
+
+    Found by parameter identity, so the names are those of ``params`` (the checkpoint's names,
+    which the TransformerLens bridge keeps aside when it renames modules) or, without it, those
+    of :func:`live_weights`.
+    """
+    conv = {id(m.weight) for m in hf_model.modules() if type(m).__name__ == "Conv1D"}
+    named = params.items() if params is not None else base_module(hf_model).named_parameters()
+    return {canonical_name(n) for n, p in named if id(p) in conv}
 
 
 def live_weights(hf_model: nn.Module, merged: bool = False) -> dict[str, Tensor]:
