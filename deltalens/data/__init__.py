@@ -20,6 +20,7 @@ from deltalens.data.files import (
 from deltalens.data.harmbench import harmbench
 from deltalens.data.harmless import HARMLESS, harmless_prompts
 from deltalens.data.records import PromptRecord, PromptSet, as_prompt_set
+from deltalens.data.toxicity import do_not_answer, realtoxicityprompts
 
 __all__ = [
     "HARMLESS",
@@ -30,9 +31,11 @@ __all__ = [
     "arithmetic_tasks",
     "as_prompt_set",
     "cache_dir",
+    "do_not_answer",
     "fetch_wheel",
     "harmbench",
     "harmless_prompts",
     "load_prompts",
     "read_from_wheel",
+    "realtoxicityprompts",
 ]
