@@ -96,6 +96,17 @@ class UnitStore:
             return pd.read_parquet(p) if kind == "parquet" else json.loads(p.read_text())
         t = time.perf_counter()
         result = compute()
+        return self.put(name, inputs, result, kind=kind, seconds=time.perf_counter() - t)
+
+    def put(self, name: str, inputs: Any, result: Any, kind: str = "json", seconds: float = 0.0) -> Any:
+        """Store the computed ``result`` of unit ``name`` atomically; return it in its stored form.
+
+        Args:
+            seconds: how long computing it took (recorded in the log).
+        """
+        import pandas as pd
+
+        p = self.path(name, inputs, kind)
         if kind == "parquet":
             import io
 
@@ -106,6 +117,6 @@ class UnitStore:
         else:
             write_bytes(p, json.dumps(result, indent=1, default=str).encode())
             result = json.loads(p.read_text())
-        self.computed.append(unit)
-        self._log(unit, "computed", time.perf_counter() - t)
+        self.computed.append(p.name)
+        self._log(p.name, "computed", seconds)
         return result
