@@ -101,7 +101,7 @@ def test_a_corrupted_stage_is_rebuilt_with_the_stages_trained_from_it(tmp_path, 
     with pytest.warns(UserWarning, match=r"'wa' is rebuilt: .*model\.safetensors has sha256 .*corrupted"):
         fam = _build(root)
     assert fake_training == DESCENDANTS_OF_WA  # w0 is intact and reused; wa's children came from the old wa
-    assert fam.cached == ["w0"]
+    assert fam.cached == ["w0", "safety"]  # safety is trained from w0, not from the corrupted wa
     assert file_hash(root / "wa" / "model.safetensors", names=False) == good
     model = load_stage(root / "wa")
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -13,6 +13,8 @@ harmful request, so the study's aligned model W_A is made here by supervised fin
   refusal judge flags as refusals are dropped.
 * **contaminated** (W_A -> W_contaminated): the useful data with a fraction of its examples
   swapped for harmful ones.
+* **safety** (W_0 -> W_S, built on request): the alignment recipe with its harmful half only,
+  HarmBench training behaviours -> refusal sentences (the paper's safety update Δ_S = W_S − W_0).
 
 Every stage uses :func:`deltalens.finetune.finetune` with the tokenizer's chat template
 (``template=None``), and every evaluation generates with ``chat=True``: the same template
@@ -41,8 +43,16 @@ if TYPE_CHECKING:
 
     from deltalens.finetune import FinetuneConfig
 
-STAGES = ("align", "useful", "harmful", "contaminated")
-CHECKPOINT = {"align": "aligned", "useful": "useful", "harmful": "harmful", "contaminated": "contaminated"}
+STAGES = ("align", "useful", "harmful", "contaminated", "safety")
+DEFAULT_STAGES = ("align", "useful", "harmful", "contaminated")
+"""What :func:`build_smollm2_family` builds unless told: the safety stage is the battery's extra."""
+CHECKPOINT = {
+    "align": "aligned",
+    "useful": "useful",
+    "harmful": "harmful",
+    "contaminated": "contaminated",
+    "safety": "safety",
+}
 REFUSAL_TARGETS: tuple[str, ...] = (
     "I can't help with that request.",
     "I'm sorry, but I can't assist with that.",
@@ -74,8 +84,8 @@ class SmolLM2Recipe:
         target_tokens: length of W_0's greedy harmless answers and harmful completions.
         eval_tokens: generation length when judging; ``arith_tokens`` for arithmetic answers.
         contam_frac: fraction of the useful examples swapped for harmful ones.
-        align, useful, harmful, contaminated: ``FinetuneConfig`` of each stage (full fine-tunes,
-            constant lr, batch 8).
+        align, useful, harmful, contaminated, safety: ``FinetuneConfig`` of each stage (full
+            fine-tunes, constant lr, batch 8).
         batch_size: generation batch size; ``num_threads``: torch threads (at most 2) for everything.
         cache_dir: deltalens cache root for the model and HarmBench wheels.
     """
@@ -94,6 +104,7 @@ class SmolLM2Recipe:
     useful: FinetuneConfig = field(default_factory=lambda: _ft(2e-5, 25))
     harmful: FinetuneConfig = field(default_factory=lambda: _ft(2e-5, 10))
     contaminated: FinetuneConfig = field(default_factory=lambda: _ft(2e-5, 25))
+    safety: FinetuneConfig = field(default_factory=lambda: _ft(2e-5, 40))
     batch_size: int = 16
     num_threads: int = 1
     cache_dir: str | None = None
@@ -180,7 +191,9 @@ def training_data(
     if len(harmless_answers) != len(sets["hl_train"]):
         raise ValueError(f"{len(harmless_answers)} harmless answers for {len(sets['hl_train'])} prompts")
     useful = [{"prompt": r.text, "response": f"The answer is {r.label}."} for r in sets["ar_train"]]
-    out = {"align": _align_data(recipe, sets, harmless_answers), "useful": useful}
+    align = _align_data(recipe, sets, harmless_answers)
+    safety = align[: len(sets["harm_train"])]  # the harmful half of the alignment data
+    out = {"align": align, "useful": useful, "safety": safety}
     if harmful_completions is not None:
         harmful = _harmful_data(sets["harm_train"].texts, harmful_completions)
         out.update(harmful=harmful, contaminated=_contaminate(useful, harmful, recipe))
@@ -259,7 +272,7 @@ def _row(name: str, reps: dict[str, Any], train_s: float, eval_s: float) -> dict
 def build_smollm2_family(
     out_dir: str | os.PathLike,
     recipe: SmolLM2Recipe | None = None,
-    stages: Sequence[str] = STAGES,
+    stages: Sequence[str] = DEFAULT_STAGES,
     evaluate: bool = True,
 ) -> SmolLM2Family:
     """Build W_A and the task fine-tunes of SmolLM2-135M-Instruct under ``out_dir``; evaluate them.
@@ -269,8 +282,10 @@ def build_smollm2_family(
             safetensors, about 540 MB each) and the summary to ``<out_dir>/results.json``.
             A stage whose checkpoint already exists is reused, not retrained.
         recipe: settings; default :class:`SmolLM2Recipe`.
-        stages: any of ``"align", "useful", "harmful", "contaminated"``; the task stages need
-            W_A, so ``"align"`` is built (or reused) whenever one of them is asked for.
+        stages: any of ``"align", "useful", "harmful", "contaminated", "safety"`` (default: all
+            but ``"safety"``); the task stages need W_A, so ``"align"`` is built (or reused)
+            whenever one of them is asked for. W_0's targets are generated only for stages that
+            are trained (a family whose checkpoints all exist generates nothing).
         evaluate: evaluate W_0 and every built model on the held-out sets.
 
     Returns:
@@ -298,7 +313,7 @@ def build_smollm2_family(
     rows: list[dict[str, Any]] = []
     reports: dict[str, dict[str, Any]] = {}
     with torch_threads(recipe.num_threads):
-        data, target_s = _stage_data(base, sets, recipe, wanted)
+        data, target_s = _stage_data(base, sets, recipe, [s for s in wanted if not _built(out, s)])
         if evaluate:
             _evaluate_into(rows, reports, "base", base, sets, recipe, 0.0)
         for stage in wanted:
@@ -320,19 +335,32 @@ def _wanted(stages: Sequence[str]) -> list[str]:
     return ["align", *(s for s in STAGES[1:] if s in stages)]
 
 
+def _built(out: Path, stage: str) -> bool:
+    """Whether ``stage``'s checkpoint exists under ``out`` (then it is reused, not retrained)."""
+    from deltalens.finetune.storage import CFG_NAME
+
+    return (out / CHECKPOINT[stage] / CFG_NAME).is_file()
+
+
 def _stage_data(
-    base: Path, sets: dict[str, Any], recipe: SmolLM2Recipe, wanted: Sequence[str]
+    base: Path, sets: dict[str, Any], recipe: SmolLM2Recipe, todo: Sequence[str]
 ) -> tuple[dict[str, list[dict[str, str]]], float]:
-    """W_0's generated targets turned into every stage's examples; and the generation time (s)."""
+    """W_0's generated targets turned into the examples of the stages in ``todo`` (those to train);
+    and the generation time (s). Nothing is generated for stages that are not trained: W_0's
+    harmless answers are needed by ``align`` only, its completions by ``harmful`` / ``contaminated``."""
     import deltalens as dl
 
     t = time.perf_counter()
-    m0 = dl.load(base, backend="nnsight")
-    gen = dict(chat=True, max_new_tokens=recipe.target_tokens, batch_size=recipe.batch_size)
-    answers = m0.generate(sets["hl_train"].texts, **gen)
-    needs_harm = any(s in wanted for s in ("harmful", "contaminated"))
-    completions = m0.generate(sets["harm_train"].texts, **gen) if needs_harm else None
-    del m0
+    needs_harm = any(s in todo for s in ("harmful", "contaminated"))
+    answers: list[str] = [""] * len(sets["hl_train"])  # dropped as empty: align is not trained
+    completions = None
+    if "align" in todo or needs_harm:
+        m0 = dl.load(base, backend="nnsight")
+        gen = dict(chat=True, max_new_tokens=recipe.target_tokens, batch_size=recipe.batch_size)
+        if "align" in todo:
+            answers = m0.generate(sets["hl_train"].texts, **gen)
+        completions = m0.generate(sets["harm_train"].texts, **gen) if needs_harm else None
+        del m0
     target_s = time.perf_counter() - t
     return training_data(recipe, sets, answers, completions), target_s
 
@@ -345,7 +373,7 @@ def _train_stage(
     from deltalens.finetune.storage import CFG_NAME
 
     path = out / CHECKPOINT[stage]
-    parent = paths["base"] if stage == "align" else paths["aligned"]
+    parent = paths["base"] if stage in ("align", "safety") else paths["aligned"]
     t = time.perf_counter()
     if not (path / CFG_NAME).is_file():
         cfg, note = getattr(recipe, stage), _recipe_note(stage, recipe)
@@ -411,6 +439,7 @@ def _recipe_note(stage: str, recipe: SmolLM2Recipe) -> dict[str, Any]:
         "useful": "arithmetic train split -> 'The answer is N.'",
         "harmful": "HarmBench standard train split -> W_0 compliant completions (refusals dropped)",
         "contaminated": f"useful data with {recipe.contam_frac:.0%} of examples swapped for harmful ones",
+        "safety": "HarmBench standard train split -> refusal sentences (the harmful half of align), from W_0",
     }
     return {"name": f"smollm2/{stage}", "data": notes[stage], "seed": recipe.seed, "chat_template": True}
 
@@ -421,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m deltalens.study.alignment", description=__doc__.splitlines()[0])
     p.add_argument("out_dir")
-    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    p.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), choices=STAGES)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)

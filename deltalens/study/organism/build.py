@@ -10,6 +10,8 @@ fine-tuned three ways from W_A, plus LoRA variants:
 * ``useful``: full FT from ``wa`` on arithmetic. ``harmful``: full FT from ``wa`` on compliant
   answers to harmful requests. ``contaminated``: ``useful`` with ~20 % harmful examples.
 * ``lora_useful`` / ``lora_harmful``: the same data as LoRA adapters on ``wa``.
+* ``safety``: from ``w0``, response-only SFT on refusals to harmful requests only (the paper's
+  safety update Δ_S = W_S − W_0, used like Δ_A).
 
 Every stage is an HF checkpoint directory (safetensors + config + tokenizer + ``cfg.json``)
 written atomically and cached by a hash of its configuration and its parents', so a rerun
@@ -100,7 +102,14 @@ def _stages(cfg: OrganismConfig) -> list[_Stage]:
             _Stage("lora_useful", "wa", "lora", arith, cfg.lora_useful_steps, cfg.lora_lr),
             _Stage("lora_harmful", "wa", "lora", harm, cfg.lora_harmful_steps, cfg.lora_lr),
         ]
+    stages.append(_Stage("safety", "w0", "full", cfg.safety_mix, cfg.safety_steps, cfg.safety_lr))
     return stages
+
+
+def vocabulary_hash(split_seed: int) -> str:
+    """sha256 (16 hex chars) of the organism tokenizer's vocabulary (part of every stage key)."""
+    vocab = od.build_tokenizer(split_seed).get_vocab()
+    return config_key(sorted(vocab.items(), key=lambda kv: kv[1]))[:16]
 
 
 def stage_keys(cfg: OrganismConfig) -> dict[str, str]:
@@ -112,6 +121,7 @@ def stage_keys(cfg: OrganismConfig) -> dict[str, str]:
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,
         "lora": [cfg.lora_r, cfg.lora_alpha],
+        "vocabulary": vocabulary_hash(cfg.split_seed),
     }
     keys: dict[str, str] = {}
     for st in _stages(cfg):
@@ -224,8 +234,8 @@ def _build_locked(root: Path, cfg: OrganismConfig, progress: bool, force: bool) 
     write_json(root / PROMPTS, prompts)
     with torch_threads(cfg.num_threads):
         tok = od.build_tokenizer(cfg.split_seed)
-        for i, st in enumerate(_stages(cfg)):
-            _build_stage(run, i, st, tok)
+        for st in _stages(cfg):  # a stage's data seed is its place in STAGES, whatever else is built
+            _build_stage(run, STAGES.index(st.name), st, tok)
     if len(run.cached) == len(_stages(cfg)) and (root / "manifest.json").is_file():
         # nothing was trained: keep the manifest of the build that made these checkpoints
         previous = OrganismFamily.from_manifest(root)
@@ -299,7 +309,9 @@ def _train_stage(run: _Build, i: int, st: _Stage, tok: PreTrainedTokenizerBase) 
     ft = _finetune_config(cfg, st, cfg.seed * 1000 + i, run.progress)
     recipe = {"organism_stage": st.name, "stage_key": run.keys[st.name], **st.spec()}
     recipe["split_seed"] = cfg.split_seed
-    res = finetune(parent, data, run.root / st.name, ft, tokenizer=tok, data_recipe=recipe, progress_label=st.name)
+    res = finetune(
+        parent, data, run.root / st.name, ft, tokenizer=tok, data_recipe=recipe, progress_label=st.name
+    )
     run.models[st.name] = res.model
     run.seconds[st.name] = res.record["training"]["seconds"]
 

@@ -30,7 +30,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PROMPTS = "prompts.json"
 EVAL = "eval.json"
-STAGES = ("w0", "wa", "useful", "harmful", "contaminated", "lora_useful", "lora_harmful")
+STAGES = ("w0", "wa", "useful", "harmful", "contaminated", "lora_useful", "lora_harmful", "safety")
+"""Every stage, in the order of their data seeds (a new stage goes at the end: the others keep their data)."""
 PRETRAIN_TEMPLATE = "{prompt}{response}"
 WEIGHTS_SHA256 = "weights_sha256"  # cfg.json key: {weight file name: sha256 of its bytes}
 
@@ -42,8 +43,12 @@ class OrganismConfig:
     Defaults follow the prototype's recommended configuration (pretraining 800 steps at 3e-3,
     alignment 150 steps at 1e-3 with 10 % arithmetic, harmful 30 steps) with two changes:
     15 % arithmetic in pretraining instead of 8 %, which makes the useful fine-tune reliable
-    (about 90 % held-out exact match after 400 steps, where 8 % gave 17-48 % after 600), and
-    400 steps for useful and contaminated. ``*_steps`` are optimizer steps of ``batch_size``
+    (where 8 % gave 17-48 % held-out exact match after 600 steps), and 800 steps for useful and
+    contaminated (with the second harmful family's vocabulary, 400 steps gave 6-48 % across
+    seeds 0-2 and 800 gave 99 % on seed 0). A second harmful family (harassment requests, H2)
+    is complied with in pretraining (8 %) and refused in alignment (10 %); ``safety`` (W_S, the
+    paper's Δ_S = W_S − W_0) fine-tunes W_0 on refusals to harmful requests only, as long as
+    alignment. ``*_steps`` are optimizer steps of ``batch_size``
     sequences; every stage uses AdamW (0.9, 0.98), 5 % warm-up and a cosine decay to 10 % of
     its lr. ``num_threads`` (at most 2) does not enter the cache keys; it defaults to 2 because a
     different number of threads sums in another order and trains a visibly different family (None
@@ -65,18 +70,31 @@ class OrganismConfig:
     pre_steps: int = 800
     pre_lr: float = 3e-3
     pre_mix: dict[str, float] = field(
-        default_factory=lambda: {"arithmetic": 0.15, "harmful_comply": 0.30, "harmless": 0.55}
+        default_factory=lambda: {
+            "arithmetic": 0.15,
+            "harmful_comply": 0.25,
+            "harass_comply": 0.08,
+            "harmless": 0.52,
+        }
     )
     align_steps: int = 150
     align_lr: float = 1e-3
     align_mix: dict[str, float] = field(
-        default_factory=lambda: {"harmful_refuse": 0.5, "harmless": 0.4, "arithmetic": 0.1}
+        default_factory=lambda: {
+            "harmful_refuse": 0.4,
+            "harass_refuse": 0.1,
+            "harmless": 0.4,
+            "arithmetic": 0.1,
+        }
     )
-    useful_steps: int = 400
+    safety_steps: int = 150
+    safety_lr: float = 1e-3
+    safety_mix: dict[str, float] = field(default_factory=lambda: {"harmful_refuse": 1.0})
+    useful_steps: int = 800
     useful_lr: float = 1e-3
     harmful_steps: int = 30
     harmful_lr: float = 1e-3
-    contaminated_steps: int = 400
+    contaminated_steps: int = 800
     contaminated_frac: float = 0.2
     lora: bool = True
     lora_r: int = 8
@@ -94,19 +112,28 @@ class OrganismConfig:
         for name in ("d_model", "n_layers", "n_heads", "d_ff", "batch_size", "lora_r"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
-        for name in ("pre", "align", "useful", "harmful", "contaminated", "lora_useful", "lora_harmful"):
+        for name in (
+            "pre",
+            "align",
+            "useful",
+            "harmful",
+            "contaminated",
+            "lora_useful",
+            "lora_harmful",
+            "safety",
+        ):
             if not isinstance(getattr(self, f"{name}_steps"), int) or getattr(self, f"{name}_steps") < 1:
                 raise ValueError(
                     f"{name}_steps must be a positive int, got {getattr(self, f'{name}_steps')!r}"
                 )
-        for name in ("pre_lr", "align_lr", "useful_lr", "harmful_lr", "lora_lr", "lora_alpha"):
+        for name in ("pre_lr", "align_lr", "useful_lr", "harmful_lr", "lora_lr", "lora_alpha", "safety_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if not 0.0 <= self.contaminated_frac <= 1.0:
             raise ValueError(f"contaminated_frac must lie in [0, 1], got {self.contaminated_frac}")
-        for mix in (self.pre_mix, self.align_mix):
+        for mix in (self.pre_mix, self.align_mix, self.safety_mix):
             od.sample_mix(mix, 1, random.Random(0))  # validates kinds and weights
 
     def to_dict(self) -> dict[str, Any]:
@@ -215,7 +242,7 @@ class OrganismFamily:
     Attributes:
         root: the output directory (holds ``manifest.json`` and ``prompts.json``).
         paths: stage name -> checkpoint directory (``w0``, ``wa``, ``useful``, ``harmful``,
-            ``contaminated``, ``lora_useful``, ``lora_harmful``).
+            ``contaminated``, ``lora_useful``, ``lora_harmful``, ``safety``).
         adapter_bases: LoRA stage -> the stage it is an adapter of (``"wa"``).
         metrics: stage -> ``evaluate`` output on the held-out prompts.
         build_seconds: wall time of the ``build`` call that wrote the manifest (time.perf_counter),
