@@ -94,63 +94,7 @@ def test_finetune_of_another_base_fails_before_any_work(tmp_path, tiny_dirs):
 
 
 # ------------------------------------------------------------------ verdicts
-def _verdict_tables() -> dict:
-    from deltalens.schemas import ACTIVATION_OVERLAP
-    from deltalens.study.tables import BATTERY_PROBES, BATTERY_SWEEP, BATTERY_WEIGHT_OVERLAP
-
-    sweep = BATTERY_SWEEP.frame(
-        dict(task=t, method="topk", mode="parallel", frac=f, alpha=1.0, k_total=8, energy_kept=e,
-             energy_kept_no_embed=e, harm=h, refusal_harmful=1 - h, utility=u)
-        for t, e in (("useful", 0.5), ("harmful", 0.4))
-        for f, h, u in ((0.9, 0.8, 0.6), (0.1, 0.0, 0.1))
-    )  # fmt: skip
-    # only the embeddings-excluded rows at the largest eta favour useful-harmful
-    weight = BATTERY_WEIGHT_OVERLAP.frame(
-        dict(a=a, b=b, embeddings=emb, eta=eta, baseline=0.01, mso_std=0.0, k_a=3.0, k_b=3.0, n_tensors=4,
-             mso=(0.3 if (emb, eta) == ("excluded", 0.9) else 0.0) if a == "useful" else 0.2, ratio=1.0)
-        for a, b in (("useful", "harmful"), ("harmful", "alignment"))
-        for emb in ("included", "excluded")
-        for eta in (0.5, 0.9)
-    )  # fmt: skip
-    act = ACTIVATION_OVERLAP.frame(
-        dict(model=m, set_a=a, set_b=b, scope="slice_mean", layer=pd.NA, eta=0.5, centered=False, n_a=8,
-             n_b=8, k_a=2.0, k_b=2.0, d=64, mso=mso if m == "wa" else 0.0, baseline=0.01)
-        for m in ("w0", "wa")
-        for a, b, mso in (("useful", "harmful_1", 0.4), ("harmful_2", "harmful_1", 0.6), ("harmful_1", "harmless", 0.3))
-    )  # fmt: skip
-    probes = BATTERY_PROBES.frame(
-        dict(model=m, name=f"blocks.{lay}.hook_resid_post", hook="hook_resid_post", layer=lay, n_train=20.0,
-             n_test=10.0, accuracy=acc, roc_auc=acc, train_accuracy=1.0, majority_accuracy=0.5,
-             random_accuracy=0.6, random_roc_auc=0.6)
-        for m, lay, acc in (("wa", 1, 0.8), ("wa", 2, 0.95), ("w0", 3, 0.99))
-    )  # fmt: skip
-    return {"sweep": sweep, "weight_overlap": weight, "activation_overlap": act, "probes": probes}
-
-
-def test_verdicts_read_the_declared_tables():
-    from deltalens.schemas import SchemaError
-    from deltalens.study.battery.verdict import verdicts
-
-    tables = _verdict_tables()
-    v = verdicts(tables)
-    assert list(v.columns) == ["claim", "replicates", "numbers", "detail"]
-    assert v["replicates"].tolist() == [True, True, True, True, True, True]
-    numbers = v["numbers"].tolist()
-    assert numbers[0] == "utility(useful) 0.10 -> 0.60; harm(harmful) 0.00 -> 0.80 as frac 0.1 -> 0.9"
-    assert "useful 0.500, harmful 0.400 (ratio 1.25" in numbers[1]
-    assert numbers[2] == "weight MSO at η=0.9: useful–harmful 0.300, alignment–harmful 0.200"
-    assert "useful–harmful 0.400, harmful_1–harmful_2 0.600, random ≤ 0.010" in numbers[3]
-    assert numbers[4].endswith("harmful–harmless MSO 0.300 vs random 0.010 (30×)")
-    assert numbers[5].startswith("best layer 2: accuracy 0.95")  # W_A's probes, not W_0's
-    # a claim whose evidence disagrees does not replicate
-    weaker = tables["weight_overlap"].assign(mso=lambda d: d["mso"].where(d["a"] != "useful", 0.1))
-    assert not verdicts({"weight_overlap": weaker})["replicates"].iloc[0]
-    # no experiment, no verdict; a table without its schema's columns names them
-    assert verdicts({}).empty and list(verdicts({}).columns) == list(v.columns)
-    with pytest.raises(SchemaError, match=r"for the sweep verdicts: missing columns \['task'\]"):
-        verdicts({"sweep": tables["sweep"].drop(columns="task")})
-    with pytest.raises(SchemaError, match=r"missing columns \['embeddings'\]"):
-        verdicts({"weight_overlap": tables["weight_overlap"].drop(columns="embeddings")})
+# The verdict rules are tested on hand-made tables in tests/test_verdicts.py.
 
 
 # ------------------------------------------------------------------ kill and resume
@@ -212,7 +156,7 @@ def test_killed_battery_resumes_without_recomputing(organism_family, tmp_path):
     summary = json.loads((killed / "summary.json").read_text())
     assert len(summary["verdicts"]) >= 4
     assert all(v["numbers"] for v in summary["verdicts"])
-    assert set(res["tables"]["evals"]["stage"]) == {"w0", "wa", "useful", "harmful", "contaminated"}
+    assert set(res["tables"]["evals"]["stage"]) == {"w0", "wa", "safety", "useful", "harmful", "contaminated"}
 
 
 @pytest.mark.network_pypi

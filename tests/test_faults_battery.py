@@ -87,8 +87,14 @@ def _run(cfg: BatteryConfig, out: Path) -> list[dict]:
 
 
 def _status(entries: list[dict]) -> dict[str, str]:
-    """Unit kind (``weight-overlap``, ``activation-overlap``) -> ``computed`` / ``cached``."""
-    return {e["unit"].rsplit("-", 1)[0]: e["status"] for e in entries}
+    """Unit kind (``weight-overlap``, ``activation-overlap``: one unit per prompt variant and stage)
+    -> ``computed`` / ``cached``, and ``mixed`` where units of one kind differ."""
+    out: dict[str, str] = {}
+    for e in entries:
+        name = e["unit"].rsplit("-", 1)[0]
+        kind = "activation-overlap" if name.startswith("activation-overlap") else name
+        out[kind] = e["status"] if out.get(kind, e["status"]) == e["status"] else "mixed"
+    return out
 
 
 def _result_files(out: Path) -> dict[str, bytes]:

