@@ -15,7 +15,7 @@ from deltalens.study import organism
 from deltalens.study.organism import data as od
 from deltalens.study.organism.evaluate import is_compliance, is_refusal
 
-STAGES = ("w0", "wa", "useful", "harmful", "contaminated", "lora_useful", "lora_harmful")
+STAGES = ("w0", "wa", "useful", "harmful", "contaminated", "lora_useful", "lora_harmful", "safety")
 
 
 # ---------------------------------------------------------------- fast: data, tokenizer, config
@@ -78,7 +78,7 @@ def test_config_validation_and_stage_keys():
     d = organism.stage_keys(organism.OrganismConfig(num_threads=1))
     assert a == d  # threads do not change what is built
     assert [s for s in a if a[s] != b[s]] == ["useful"]  # only the changed stage is rebuilt
-    assert {s for s in a if a[s] != c[s]} == set(STAGES) - {"w0"}  # ... and everything downstream
+    assert {s for s in a if a[s] != c[s]} == set(STAGES) - {"w0", "safety"}  # ... and everything from wa on
 
 
 def test_cli_arguments():

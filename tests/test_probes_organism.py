@@ -38,7 +38,10 @@ def test_probes_and_activation_overlap_on_organism(organism_family):
         train, test = split
         assert not {groups[i] for i in train} & {groups[i] for i in test}
 
-    sets = {"harmful": prompts[: len(harmful)], "harmless": prompts[len(harmful) :]}
+    # the paper's protocol: raw prompt text. Templated, every last token is the template's ":" and
+    # encodes the coming answer (refuse / comply), so that overlap at W_A varies from build to build
+    # (0.005-0.41 seen), while on raw prompts it is 0.98-0.99 on seeds 0-2.
+    sets = {"harmful": harmful, "harmless": harmless}
     df = activation_overlap(wa, sets, layers="65-90%", etas=(0.1, 0.5), centered=False, progress=False)
     mean = df[df.scope == "slice_mean"]
     print(mean[["set_a", "set_b", "eta", "mso", "baseline", "ratio"]].to_string(index=False))
