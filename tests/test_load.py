@@ -50,6 +50,7 @@ def test_lora_logits_match_peft(tiny_dirs, llama_adapter, backend, merge):
     assert (got[mask] - base[mask]).abs().max() > 1e-3  # the adapter does something
     assert m.provenance.adapter == str(adapter)
     assert m.provenance.adapter_merged is merge
+    assert m.has_live_adapter is (not merge)  # a merged adapter leaves plain, editable weights
     # unprocessed, merged weights: q_proj differs from the base by exactly B @ A * scaling
     sd = m.state_dict()
     lora = pm.base_model.model.model.layers[0].self_attn.q_proj
@@ -187,3 +188,31 @@ def test_transposed_weights_are_named_as_the_weights_on_both_backends():
         assert {n for n, p in named.items() if id(p) in conv} == sets[backend]
         assert all(named[n].shape == torch.Size([64, 64]) for n in sets[backend] if n.endswith("attn.c_proj.weight"))
     assert sets["nnsight"] == sets["transformer_lens"]
+
+
+@pytest.mark.parametrize("backend", ["nnsight", "transformer_lens"])
+@pytest.mark.parametrize("arch,norm", [("gpt2", "layernorm"), ("llama", "rms"), ("gemma3", "rms_1p")])
+def test_model_facts_asked_of_the_hooked_model(tiny_dirs, arch, norm, backend):
+    """device, norm_kind, unembedding, has_live_adapter and untie_embedding, checked against the HF module."""
+    from transformers import AutoModelForCausalLM
+
+    m = dl.load(tiny_dirs[arch], backend=backend)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dirs[arch])
+    assert m.device == torch.device("cpu") and m.norm_kind == norm and not m.has_live_adapter
+    w_u, b_u = m.unembedding()
+    assert w_u.shape == (m.vocab_size, m.d_model)
+    torch.testing.assert_close(w_u, hf.get_output_embeddings().weight, atol=0, rtol=0)
+    assert b_u is None or not b_u.any()  # HF's head has no bias; the bridge's is zeros
+    cache = m.run_with_cache(PROMPTS, names=[f"blocks.{m.n_layers - 1}.hook_resid_post"], return_logits=True)
+    logits, resid = cache[0], cache[1][f"blocks.{m.n_layers - 1}.hook_resid_post"]
+    if arch != "gemma3":  # Gemma 3 soft-caps its logits after the unembedding
+        with torch.no_grad():
+            torch.testing.assert_close(m.final_norm(resid.clone()) @ w_u.T, logits, atol=1e-4, rtol=1e-4)
+    tied = m.tied_embeddings
+    assert tied == (hf.get_output_embeddings().weight is hf.get_input_embeddings().weight)
+    untied = m.untie_embedding()
+    assert len(untied) == (0 if not tied else (1 if backend == "nnsight" else 2))
+    if tied:  # own copies, equal values, until retie
+        assert not m.tied_embeddings and torch.equal(m.unembedding()[0], w_u)
+    untied.retie()
+    assert m.tied_embeddings == tied and m.unembedding()[0] is w_u

@@ -53,17 +53,9 @@ def logit_direction(model: HookedModel, a: Token, b: Token) -> Float[Tensor, " d
     Raises:
         ValueError: a string that is not exactly one token, or an id outside the vocabulary.
     """
-    w_u, _ = _unembedding(model)
+    w_u, _ = model.unembedding()
     ia, ib = _token_id(model, a), _token_id(model, b)
     return (w_u[ia] - w_u[ib]).detach().float().cpu()
-
-
-def _unembedding(model: HookedModel) -> tuple[Tensor, Tensor | None]:
-    """``(W [vocab, d_model], bias [vocab] or None)`` of the output embedding."""
-    from deltalens.hooks.weights import base_module
-
-    head = base_module(model.hf_model).get_output_embeddings()
-    return head.weight, getattr(head, "bias", None)
 
 
 def _token_id(model: HookedModel, t: Any) -> int:
@@ -117,9 +109,6 @@ def _fold(model: HookedModel, direction: Direction) -> _Fold:
     """Fold ``direction`` (a vector in the final norm's output space, or a token pair) into the residual."""
     import torch
 
-    from deltalens.hooks.archs import arch_for
-    from deltalens.hooks.weights import base_module
-
     const = 0.0
     if isinstance(direction, torch.Tensor):
         if direction.shape != (model.d_model,):
@@ -129,12 +118,12 @@ def _fold(model: HookedModel, direction: Direction) -> _Fold:
         d = direction.detach().double().cpu()
     else:
         a, b = (_token_id(model, t) for t in direction)
-        w_u, b_u = _unembedding(model)
+        w_u, b_u = model.unembedding()
         d = (w_u[a] - w_u[b]).detach().double().cpu()
         if b_u is not None:
             const += float(b_u[a].double() - b_u[b].double())
     norm = model.final_norm
-    kind = arch_for(base_module(model.hf_model).config).norm
+    kind = model.norm_kind
     w = getattr(norm, "weight", None)
     gain = torch.ones_like(d) if w is None else w.detach().double().cpu()
     d_eff = d * (1.0 + gain) if kind == "rms_1p" else d * gain
@@ -152,11 +141,8 @@ def _post_gain(
     """Gemma's post-sublayer norm with its scale frozen: ``(1 + w) / rms(raw)``; None without one."""
     if path is None:
         return None
-    from deltalens.hooks.archs import arch_for
-    from deltalens.hooks.weights import base_module
-
     w = live[f"{path}.weight"].detach().double().cpu()
-    gain = 1.0 + w if arch_for(base_module(model.hf_model).config).norm == "rms_1p" else w
+    gain = 1.0 + w if model.norm_kind == "rms_1p" else w
     eps = float(getattr(model.final_norm, "eps", getattr(model.final_norm, "variance_epsilon", 1e-6)))
     return gain / (raw.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 

@@ -131,7 +131,7 @@ def node_outputs(model: HookedModel, batch: Batch) -> Float[Tensor, "batch pos s
 
     n = model.n_layers
     names = ["blocks.0.hook_resid_pre", "blocks.*.attn.hook_result", "blocks.*.hook_mlp_out"]
-    dev = next(model.hf_model.parameters()).device
+    dev = model.device
     cache = model.run_with_cache(batch.input_ids, names, attention_mask=batch.attention_mask, device=dev)
     parts = [cache["blocks.0.hook_resid_pre"][:, :, None]]
     for layer in range(n):
@@ -205,7 +205,7 @@ def input_gradients(
 def _interpolation(model: HookedModel, clean: Batch, corrupted: Batch) -> Callable[[float], dict]:
     """``alpha -> hooks`` setting the input embeddings to ``corrupted + alpha (clean - corrupted)``."""
     names = [n for n in ("hook_embed", "hook_pos_embed") if n in model.hook_names]
-    dev = next(model.hf_model.parameters()).device
+    dev = model.device
     a = model.run_with_cache(clean.input_ids, names, attention_mask=clean.attention_mask, device=dev)
     b = model.run_with_cache(corrupted.input_ids, names, attention_mask=corrupted.attention_mask, device=dev)
 

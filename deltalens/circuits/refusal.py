@@ -41,10 +41,10 @@ from deltalens.circuits.stages import STAGE, as_models
 if TYPE_CHECKING:
     import pandas as pd
     from jaxtyping import Float
-    from torch import Tensor, nn
+    from torch import Tensor
 
     from deltalens.hooks.model import HookedModel, HookHandle
-    from deltalens.hooks.writers import Writer
+    from deltalens.hooks.writers import Untied, Writer
 
 RESID_HOOKS: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post")
 WHERE: tuple[str, ...] = ("all_writers", "resid")
@@ -402,7 +402,7 @@ class OrthogonalizationHandle:
         self._model, self.label, self._key = model, label, key
         self._params: dict[str, Tensor] = {}
         self._originals: dict[str, Tensor] = {}
-        self._untied: list[tuple[nn.Module, Tensor]] = []
+        self._untied: Untied | None = None
         self.active = True
 
     @property
@@ -411,7 +411,7 @@ class OrthogonalizationHandle:
 
     @property
     def untied(self) -> int:
-        return len(self._untied)
+        return len(self._untied) if self._untied is not None else 0
 
     def restore(self) -> None:
         """Write the exact original tensors back, re-tie the unembedding (idempotent)."""
@@ -424,9 +424,9 @@ class OrthogonalizationHandle:
         with torch.no_grad():
             for n, orig in self._originals.items():
                 self._params[n].copy_(orig)
-        for module, param in self._untied:
-            module.weight = param
-        self._originals, self._untied, self.active = {}, [], False
+        if self._untied is not None:
+            self._untied.retie()
+        self._originals, self._untied, self.active = {}, None, False
         release_weights(self._key)
 
     def __enter__(self) -> OrthogonalizationHandle:
@@ -443,12 +443,11 @@ class OrthogonalizationHandle:
 def _check_orthogonalizable(model: HookedModel) -> list[Writer]:
     """The model's writers, after refusing a live LoRA adapter and post-normed writers (Gemma 3)."""
     from deltalens.hooks.model import HookedModel
-    from deltalens.hooks.weights import base_module
     from deltalens.hooks.writers import residual_writers
 
     if not isinstance(model, HookedModel):
         raise TypeError(f"model must be a HookedModel (from dl.load), got {type(model).__name__}")
-    if base_module(model.hf_model) is not model.hf_model:
+    if model.has_live_adapter:
         raise ValueError(
             "orthogonalize: this model has a live (unmerged) LoRA adapter, whose weights cannot be edited in "
             "place; load it with merge_adapter=True, or use ablate_direction"
@@ -462,22 +461,6 @@ def _check_orthogonalizable(model: HookedModel) -> list[Writer]:
             "use ablate_direction(model, direction) (hooks after the norms) instead"
         )
     return writers
-
-
-def _untie(model: HookedModel, embed: Tensor, handle: OrthogonalizationHandle) -> None:
-    """Give every non-embedding module that shares ``embed`` (a tied unembedding) its own copy."""
-    import torch
-
-    roots = {id(r): r for r in (model.hf_model, model._backend.plain)}.values()
-    seen: set[int] = set()
-    for root in roots:
-        for module in root.modules():
-            if id(module) in seen or isinstance(module, torch.nn.Embedding):
-                continue
-            seen.add(id(module))
-            if module._parameters.get("weight") is embed:
-                handle._untied.append((module, embed))
-                module.weight = torch.nn.Parameter(embed.detach().clone(), requires_grad=embed.requires_grad)
 
 
 def _project_out(w: Tensor, r: Tensor, axis: int) -> Tensor:
@@ -504,8 +487,7 @@ def apply_orthogonalization(model: HookedModel, direction: Any) -> Orthogonaliza
     label = f"orthogonalize(r̂ ⊥, {len(writers)} writers, r̂[:2]=[{r[0]:.3g}, {r[1]:.3g}])"
     handle = OrthogonalizationHandle(model, label, claim_weights(live, label))
     try:
-        embed = next(w.weight for w in writers if w.kind == "embed")
-        _untie(model, embed, handle)
+        handle._untied = model.untie_embedding()
         with torch.no_grad():
             for w in writers:
                 for name, t in ((w.weight_name, w.weight), (w.bias_name, w.bias)):

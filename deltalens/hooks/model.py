@@ -27,6 +27,7 @@ from deltalens.hooks.weights import (
     transposed_weights,
     weight_edit,
 )
+from deltalens.hooks.writers import Untied, untie
 
 if TYPE_CHECKING:
     from torch import nn
@@ -484,6 +485,35 @@ class HookedModel:
         inner = base_module(self.hf_model)
         out, emb = inner.get_output_embeddings(), inner.get_input_embeddings()
         return out is not None and emb is not None and out.weight is emb.weight
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's (first) parameters, where inputs go."""
+        return self._backend.device
+
+    @property
+    def norm_kind(self) -> str:
+        """The architecture's norm: ``"rms"`` (gain ``w``), ``"rms_1p"`` (Gemma: gain ``1 + w``) or ``"layernorm"``."""
+        return self._backend.arch.norm
+
+    @property
+    def has_live_adapter(self) -> bool:
+        """True if a LoRA adapter is loaded unmerged (its weights cannot be edited in place)."""
+        return base_module(self.hf_model) is not self.hf_model
+
+    def unembedding(self) -> tuple[Float[Tensor, "vocab d_model"], Float[Tensor, " vocab"] | None]:
+        """The live unembedding ``(W_U [vocab, d_model], b_U [vocab] or None)`` (HF orientation)."""
+        head = base_module(self.hf_model).get_output_embeddings()
+        return head.weight, getattr(head, "bias", None)
+
+    def untie_embedding(self) -> Untied:
+        """Give the unembedding its own copy of a tied token embedding until ``.retie()``.
+
+        Both the hooked module and (TransformerLens) the untouched twin used for ``generate`` are
+        untied; a model without tied embeddings gives an empty :class:`~deltalens.hooks.writers.Untied`.
+        """
+        shared = base_module(self.hf_model).get_input_embeddings().weight
+        return untie([self.hf_model, self._backend.plain], shared)
 
     @property
     def final_norm(self) -> nn.Module:

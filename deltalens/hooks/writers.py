@@ -169,3 +169,48 @@ def residual_writers(model: Any, merged: bool = False) -> list[Writer]:
     arch = arch_for(hf.config)
     n_layers = int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
     return writers_of(arch, live, n_layers, transposed_weights(hf))
+
+
+class Untied:
+    """Modules that shared a tied embedding tensor and now hold their own copy; :meth:`retie` undoes it.
+
+    Made by :meth:`deltalens.hooks.model.HookedModel.untie_embedding`. ``len(untied)`` is the number
+    of modules given a copy (0 for a model without tied embeddings).
+    """
+
+    def __init__(self, pairs: list[tuple[Any, Tensor]]) -> None:
+        self._pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def retie(self) -> None:
+        """Give each module its shared tensor back (idempotent)."""
+        for module, param in self._pairs:
+            module.weight = param
+        self._pairs = []
+
+    def __repr__(self) -> str:
+        return f"Untied({len(self)} modules)"
+
+
+def untie(roots: list[Any], shared: Tensor) -> Untied:
+    """Give every non-embedding module under ``roots`` whose ``weight`` is ``shared`` its own copy.
+
+    Args:
+        roots: module trees to search (each module is visited once even if reachable twice).
+        shared: the tied tensor (the token embedding's weight, ``[vocab, d_model]``).
+    """
+    import torch
+
+    seen: set[int] = set()
+    pairs: list[tuple[Any, Tensor]] = []
+    for root in roots:
+        for module in root.modules():
+            if id(module) in seen or isinstance(module, torch.nn.Embedding):
+                continue
+            seen.add(id(module))
+            if module._parameters.get("weight") is shared:
+                pairs.append((module, shared))
+                module.weight = torch.nn.Parameter(shared.detach().clone(), requires_grad=shared.requires_grad)
+    return Untied(pairs)
