@@ -2,7 +2,7 @@
 
 The browser is Debian's ``chromium`` (or another Chromium-family browser on PATH). The tests never
 install anything: without a browser they are skipped, and the reason says so (``pytest -rs``).
-Install it yourself (``apt-get install chromium``; CI's ``.ci/run`` does). The page is opened
+CI's ``.ci/run`` installs Debian's ``chromium`` package before the tests. The page is opened
 with networking disabled (a private network namespace when ``unshare -n`` works, plus a dead
 proxy and resolver).
 """
@@ -41,7 +41,7 @@ return {kind:f.getAttribute('data-kind'),complete:i.complete,width:i.naturalWidt
 # ---------------------------------------------------------------------------------------- chromium
 NO_CHROMIUM = (
     f"chromium not found (looked on PATH for {', '.join(CHROMIUM_NAMES)}); "
-    "install Debian's chromium to run the browser tests (apt-get install chromium)"
+    "the browser tests need Debian's chromium package, which .ci/run installs"
 )
 
 

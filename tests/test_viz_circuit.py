@@ -306,7 +306,7 @@ def test_attention_compare_two_models_has_a_difference_panel(two_checkpoints):
 # ---------------------------------------------------------------------------------------- chromium
 NO_CHROMIUM = (
     f"chromium not found (looked on PATH for {', '.join(CHROMIUM_NAMES)}); "
-    "install Debian's chromium to run the browser tests (apt-get install chromium)"
+    "the browser tests need Debian's chromium package, which .ci/run installs"
 )
 
 PROBE = """<script>(function(){var b=document.body;
