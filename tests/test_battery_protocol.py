@@ -239,19 +239,16 @@ def test_probe_unit_reports_a_shuffled_label_control(tiny_battery):
 
 # ------------------------------------------------------------------ several seeds
 def _verdicts(holds: bool) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {"claim": "A", "replicates": holds, "numbers": "x", "detail": ""},
-            {"claim": "B", "replicates": True, "numbers": "y", "detail": ""},
-        ]
+    from deltalens.study.battery.rules_common import VERDICTS, row
+
+    return VERDICTS.frame(
+        [row("exp1.energy-even.v2", 5 if holds else 0, 5, "x"), row("exp3.useful-harmful-highest.v2", 2, 2, "y")]
     )
 
 
 def test_run_seeds_writes_per_seed_verdicts_and_how_often_each_holds(tmp_path, monkeypatch):
     from deltalens.study.battery import robustness as rb
-    from deltalens.study.battery import verdict
 
-    monkeypatch.delattr(verdict, "robustness", raising=False)  # the fallback count
     seen = []
 
     class Stub:
@@ -264,8 +261,10 @@ def test_run_seeds_writes_per_seed_verdicts_and_how_often_each_holds(tmp_path, m
 
     res = rb.run_seeds(BatteryConfig(), [0, 1, 2], tmp_path, battery=Stub)
     assert seen == [(0, "seed0"), (1, "seed1"), (2, "seed2")]
-    table = res["robustness"].set_index("claim")
-    assert table.loc["A", "summary"] == "holds in 2 of 3" and table.loc["B", "summary"] == "holds in 3 of 3"
+    table = res["robustness"].set_index("rule")
+    assert table.loc["exp1.energy-even.v2", "numbers"] == "holds in 2 of 3 seeds"
+    assert table.loc["exp3.useful-harmful-highest.v2", "numbers"] == "holds in 3 of 3 seeds"
+    assert table["outcome"].tolist() == ["mixed", "replicates"]
     saved = json.loads((tmp_path / "robustness.json").read_text())
     assert saved["seeds"] == [0, 1, 2] and saved["per_seed"]["1"][0]["replicates"] is False
     assert pd.read_parquet(tmp_path / "robustness.parquet")["holds"].tolist() == [2, 3]

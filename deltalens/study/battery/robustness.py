@@ -10,7 +10,7 @@ presets vary ``seed`` (the SmolLM2 family's seed, and the random subspaces').
 Example:
     >>> from deltalens.study.battery.robustness import run_seeds
     >>> res = run_seeds(BatteryConfig(preset="organism"), [0, 1, 2], "results/")   # doctest: +SKIP
-    >>> res["robustness"][["claim", "summary"]]                                      # doctest: +SKIP
+    >>> res["robustness"][["claim", "numbers"]]                                      # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -27,10 +27,6 @@ from deltalens.study.battery.config import BatteryConfig, ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
-
-ROBUSTNESS_COLUMNS = ["claim", "holds", "of", "summary"]
-"""Columns of the fallback robustness table (``rule`` follows ``claim`` where the verdicts name one)."""
-
 
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]``; anything else raises one ValueError naming ``--seeds``."""
@@ -58,26 +54,11 @@ def seed_config(cfg: BatteryConfig, seed: int) -> BatteryConfig:
 
 
 def robustness_table(per_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
-    """How many seeds each verdict holds in: the verdict rules' own ``robustness`` where they define
-    one, else one row per claim (and ``rule``) with ``holds`` (seeds where ``replicates`` is True),
-    ``of`` (seeds that judged it) and ``summary`` ("holds in x of y")."""
-    import pandas as pd
+    """How many seeds each verdict holds in (rule ``robustness.seeds.v1``, see
+    :func:`deltalens.study.battery.verdict.robustness`)."""
+    from deltalens.study.battery.verdict import robustness
 
-    from deltalens.study.battery import verdict
-
-    own = getattr(verdict, "robustness", None)
-    if callable(own):
-        return own(per_seed)
-    frames = [df.assign(seed=s) for s, df in per_seed.items() if len(df)]
-    if not frames:
-        return pd.DataFrame(columns=ROBUSTNESS_COLUMNS)
-    rows = pd.concat(frames, ignore_index=True)
-    keys = ["claim", "rule"] if "rule" in rows.columns else ["claim"]
-    rows["holds"] = rows["replicates"].map(lambda v: v is True or v == True)  # noqa: E712 (numpy bools)
-    out = rows.groupby(keys, sort=False).agg(holds=("holds", "sum"), of=("seed", "nunique")).reset_index()
-    out["holds"] = out["holds"].astype(int)
-    out["summary"] = [f"holds in {h} of {n}" for h, n in zip(out["holds"], out["of"])]
-    return out
+    return robustness(per_seed)
 
 
 def run_seeds(
