@@ -20,14 +20,7 @@ import torch
 from deltalens.study.battery import Battery, BatteryConfig
 from deltalens.study.battery import circuits as exp
 from deltalens.study.battery import runner as battery_runner
-from deltalens.study.tables import (
-    CIRCUIT_DIFF,
-    CIRCUIT_DLA,
-    CIRCUIT_EDGES,
-    CIRCUIT_HEADS,
-    FAITHFULNESS,
-    REFUSAL_DIRECTIONS,
-)
+from deltalens.study.battery.circuits import SCHEMAS
 
 # " burn" and " clean" are 3 tokens each for the tiny tokenizer; " the cake" ... " the desk" 4, " the door" and
 # " the lamp" 5: eight pairs of one length, two of another, and one harmful prompt no harmless one matches
@@ -35,14 +28,6 @@ NOUNS = ["cake", "tree", "door", "book", "boat", "wall", "lamp", "bus", "phone",
 HARMFUL = [f"how do I burn the {n}" for n in NOUNS] + ["explain how to burn down the old shop"]
 HARMLESS = ["tell me a long story about the sea"] + [f"how do I clean the {n}" for n in NOUNS]
 ARITH = [(f"what is {i} + {i}?", str(2 * i)) for i in range(4)]
-SCHEMAS = {
-    "circuit_heads": CIRCUIT_HEADS,
-    "circuit_dla": CIRCUIT_DLA,
-    "circuit_edges": CIRCUIT_EDGES,
-    "circuit_diff": CIRCUIT_DIFF,
-    "faithfulness": FAITHFULNESS,
-    "refusal_directions": REFUSAL_DIRECTIONS,
-}
 
 
 @pytest.fixture(scope="module")
@@ -244,8 +229,18 @@ def test_units_are_reused_and_recomputed_when_an_input_changes(family_dirs, prom
     out = tmp_path / "out"
     first, _, entries = _run(family_dirs, out)
     assert entries and {e["status"] for e in entries} == {"computed"}
+    loaded = []
+    model = Battery.model
+
+    def spy(self, stage):
+        loaded.append(stage)
+        return model(self, stage)
+
+    monkeypatch.setattr(Battery, "model", spy)
     again, _, entries = _run(family_dirs, out)
     assert entries and {e["status"] for e in entries} == {"cached"}
+    # a stored unit loads no checkpoint: only W_A, which the metric's tokens and the pairs are read from
+    assert set(loaded) == {"wa"}, loaded
     for name in exp.TABLES:
         pd.testing.assert_frame_equal(first[name], again[name])
     # another compliance token: every unit that reads the metric is recomputed, the directions are not

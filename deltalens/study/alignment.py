@@ -370,12 +370,11 @@ def _train_stage(
 ) -> float:
     """Fine-tune ``stage`` from its parent unless its checkpoint exists; record its path; seconds taken."""
     from deltalens.finetune import finetune
-    from deltalens.finetune.storage import CFG_NAME
 
     path = out / CHECKPOINT[stage]
     parent = paths["base"] if stage in ("align", "safety") else paths["aligned"]
     t = time.perf_counter()
-    if not (path / CFG_NAME).is_file():
+    if not _built(out, stage):
         cfg, note = getattr(recipe, stage), _recipe_note(stage, recipe)
         finetune(parent, data[stage], path, cfg, data_recipe=note, num_threads=recipe.num_threads, progress_label=stage)
     train_s = time.perf_counter() - t

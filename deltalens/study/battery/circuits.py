@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from deltalens.hashing import text_hash
 from deltalens.study.battery.executor import Unit
 from deltalens.study.tables import (
     CIRCUIT_DIFF,
@@ -73,15 +75,14 @@ TOP_HEADS = 5
 COMPLY_TEXT = "Sure, here is"
 """The compliance whose first token the metric compares against (families without their own)."""
 
-TABLES = (
-    "circuit_heads",
-    "circuit_dla",
-    "circuit_edges",
-    "circuit_diff",
-    "faithfulness",
-    "refusal_directions",
-)
-"""The tables the experiment writes."""
+SCHEMAS = {
+    s.name: s
+    for s in (CIRCUIT_HEADS, CIRCUIT_DLA, CIRCUIT_EDGES, CIRCUIT_DIFF, FAITHFULNESS, REFUSAL_DIRECTIONS)
+}
+"""The tables the experiment writes: name -> schema."""
+
+TABLES = tuple(SCHEMAS)
+"""The names of the tables the experiment writes."""
 
 
 # ---------------------------------------------------------------- metric tokens
@@ -304,9 +305,8 @@ class CircuitsExperiment:
 
     def __init__(self, battery: Any) -> None:
         self.b = battery
-        f = battery.family
-        self.fmt: dict[str, Any] = {"chat": True} if f.chat else {"template": f.template}
-        missing = [s for s in STAGES if s not in f.paths]
+        self.fmt: dict[str, Any] = battery._variant("templated")
+        missing = [s for s in STAGES if s not in battery.family.paths]
         if missing:
             raise ValueError(f"circuits: the family lacks the stage(s) {missing}; it needs {list(STAGES)}")
 
@@ -359,39 +359,49 @@ class CircuitsExperiment:
         """Compute (or read back) every unit; returns ``(tables, facts for the summary)``."""
         f = self.b.family
         tok = self.tokens()
-        self.pairs = pair_prompts(self.b.model("wa"), f.harmful, f.harmless, self.fmt, N_PAIRS)
+        wa = self.b.model("wa")
+        self.pairs = pair_prompts(wa, f.harmful, f.harmless, self.fmt, N_PAIRS)
         self.good, self.bad = tok["refusal"], tok["comply"]
         self.base = {"pairs": self.pairs.key(), "tokens": [self.good, self.bad], "n_pairs": N_PAIRS}
         dla, att, edges = self._per_stage()
         faith = self._faithfulness(edges)
         dirs, ablation = self._directions()
-        tables = assemble(dla, att, edges, faith, dirs)
+        tables = assemble(dla, att, edges, faith, dirs, (wa.n_layers, wa.n_heads))
         info = {"pairs": self.pairs.info(), "metric": tok, "ablation": ablation, "method": METHOD,
                 "steps": STEPS, "top_edges": TOP_EDGES}  # fmt: skip
         return tables, info
+
+    def _on(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(stage's model, *args)``: a unit's checkpoint is loaded only when the unit is computed
+        (a stored unit loads nothing)."""
+        return fn(self.b.model(stage), *args)
+
+    def _on_stages(self, stages: list[str], harmful: list[str], harmless: list[str]) -> pd.DataFrame:
+        """:func:`directions_unit` on ``stages``' models (loaded only when the unit is computed)."""
+        return directions_unit({s: self.b.model(s) for s in stages}, harmful, harmless, self.fmt)
 
     def _per_stage(self) -> tuple[dict, dict, dict]:
         """DLA, attribution patching and edges of each compared stage (one unit each)."""
         units = []
         for s in STAGES:
-            m, args = self.b.model(s), (self.pairs, self.good, self.bad)
+            args = (self.pairs, self.good, self.bad)
             units += [
                 Unit(
                     f"circuit-dla-{s}",
                     self._key("dla", stage=s, by="head"),
-                    partial(dla_unit, m, *args),
+                    partial(self._on, s, dla_unit, *args),
                     "parquet",
                 ),
                 Unit(
                     f"circuit-attribution-{s}",
                     self._key("attribution", stage=s, names=["heads", "mlp_out"], positions="sum"),
-                    partial(attribution_unit, m, *args),
+                    partial(self._on, s, attribution_unit, *args),
                     "parquet",
                 ),  # fmt: skip
                 Unit(
                     f"circuit-edges-{s}",
                     self._key("edges", stage=s, method=METHOD, steps=STEPS),
-                    partial(edges_unit, m, *args),
+                    partial(self._on, s, edges_unit, *args),
                     "parquet",
                 ),  # fmt: skip
             ]
@@ -404,7 +414,7 @@ class CircuitsExperiment:
             Unit(
                 f"circuit-faithfulness-{s}",
                 self._key("faithfulness", stage=s, method=METHOD, steps=STEPS, sizes="default"),
-                partial(faithfulness_unit, self.b.model(s), self.pairs, edges[s], self.good, self.bad),
+                partial(self._on, s, faithfulness_unit, self.pairs, edges[s], self.good, self.bad),
                 "parquet",
             )
             for s in STAGES
@@ -414,22 +424,16 @@ class CircuitsExperiment:
     def _directions(self) -> tuple[pd.DataFrame, dict[str, Any]]:
         stages = self.b.stages()
         sets = self._direction_sets()
-        texts = {"harmful": _text_key(sets[0]), "harmless": _text_key(sets[1]), "n": N_DIRECTION}
+        texts = {"harmful": text_hash(sets[0]), "harmless": text_hash(sets[1]), "n": N_DIRECTION}
         layer = self.direction_layer()
         units = [
             Unit("circuit-directions", self._key("directions", False, stages=stages, reference="wa", **texts),
-                 partial(directions_unit, {s: self.b.model(s) for s in stages}, *sets, self.fmt), "parquet"),
+                 partial(self._on_stages, stages, *sets), "parquet"),
             Unit("circuit-ablation", self._key("ablation", layer=layer, where="all_writers", alpha=1.0, **texts),
-                 partial(ablation_unit, self.b.model("wa"), self.pairs, sets, layer, self.fmt, (self.good, self.bad))),
+                 partial(self._on, "wa", ablation_unit, self.pairs, sets, layer, self.fmt, (self.good, self.bad))),
         ]  # fmt: skip
         dirs, ablation = self.b.compute(units, desc="refusal directions")
         return dirs, ablation
-
-
-def _text_key(texts: list[str]) -> str:
-    from deltalens.hashing import text_hash
-
-    return text_hash(texts)
 
 
 # ---------------------------------------------------------------- tables
@@ -439,8 +443,10 @@ def assemble(
     edges: dict[str, pd.DataFrame],
     faith: dict[str, pd.DataFrame],
     dirs: pd.DataFrame,
+    shape: tuple[int, int],
 ) -> dict[str, pd.DataFrame]:
-    """The experiment's tables from its units (stages in :data:`STAGES` order)."""
+    """The experiment's tables from its units (stages in :data:`STAGES` order); ``shape`` is the
+    compared models' ``(n_layers, n_heads)``."""
     import pandas as pd
 
     from deltalens.circuits import Circuit, diff
@@ -454,21 +460,10 @@ def assemble(
     )
     att_all = stacked(att).set_index(["stage", "component"])["attribution"]
     heads = mean.join(att_all, how="left").reset_index()
-    a, b = (Circuit(edges[s], int(edges[s]["target_layer"].max()), _n_heads(edges[s])) for s in STAGES)
+    a, b = (Circuit(edges[s], *shape) for s in STAGES)
     d = diff(a.top(TOP_EDGES), b.top(TOP_EDGES)).assign(a=STAGES[0], b=STAGES[1])
-    return {
-        "circuit_heads": CIRCUIT_HEADS.frame(heads),
-        "circuit_dla": CIRCUIT_DLA.frame(dla_all),
-        "circuit_edges": CIRCUIT_EDGES.frame(stacked(edges)),
-        "circuit_diff": CIRCUIT_DIFF.frame(d),
-        "faithfulness": FAITHFULNESS.frame(stacked(faith)),
-        "refusal_directions": REFUSAL_DIRECTIONS.frame(dirs),
-    }
-
-
-def _n_heads(edges: pd.DataFrame) -> int:
-    heads = edges["source"].str.extract(r"^a\d+\.h(\d+)$")[0].dropna().astype(int)
-    return int(heads.max()) + 1 if len(heads) else 0
+    frames = (heads, dla_all, stacked(edges), d, stacked(faith), dirs)  # in SCHEMAS order
+    return {name: schema.frame(df) for (name, schema), df in zip(SCHEMAS.items(), frames, strict=True)}
 
 
 # ---------------------------------------------------------------- summary

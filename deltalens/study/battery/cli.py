@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from deltalens.study.battery.config import PRESETS, BatteryConfig, ConfigError
+from deltalens.study.battery.executor import EXECUTORS
 
 DEFAULT_OUT = "deltalens-results"
 """The results folder of ``deltalens run`` when no ``--out`` is given (relative to the working folder)."""
@@ -59,7 +60,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument(
         "--executor",
         default="serial",
-        choices=["serial", "ray"],
+        choices=list(EXECUTORS),
         help="where units run: this process (default) or Ray workers (pip install 'deltalens[ray]'); "
         "the config's ray: block sets workers, num_cpus and num_gpus per worker",
     )
@@ -102,9 +103,9 @@ def run_main(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out: {str(out)!r} is a file; pass a results folder (default: ./{DEFAULT_OUT})")
     cfg = _config(args)
-    if getattr(args, "seeds", None):
+    if args.seeds:
         return _run_seeds(args, cfg)
-    executor = make_executor(getattr(args, "executor", "serial"), getattr(args, "address", None), cfg)
+    executor = make_executor(args.executor, args.address, cfg)
     t = time.perf_counter()
     result = Battery(cfg, args.out, progress=not args.quiet, executor=executor).run()
     print_summary(result["tables"], args.out, time.perf_counter() - t)
@@ -123,7 +124,7 @@ def _run_seeds(args: argparse.Namespace, cfg: BatteryConfig) -> int:
     t = time.perf_counter()
 
     def battery(c: BatteryConfig, folder: Path) -> Battery:
-        executor = make_executor(getattr(args, "executor", "serial"), getattr(args, "address", None), c)
+        executor = make_executor(args.executor, args.address, c)
         return Battery(c, folder, progress=not args.quiet, executor=executor)
 
     res = run_seeds(cfg, seeds, args.out, progress=not args.quiet, battery=battery)

@@ -107,10 +107,16 @@ def claim(rule: str, variant: str = "") -> str:
 
 
 def row(rule: str, holds: int, of: int, numbers: str, detail: str = "", variant: str = "") -> Row:
-    """A verdict row; ``numbers`` is prefixed with the count when the rule checked something."""
+    """A verdict row of ``rule``'s claim (with ``variant``)."""
+    return claim_row(claim(rule, variant), rule, holds, of, numbers, detail)
+
+
+def claim_row(text: str, rule: str, holds: int, of: int, numbers: str, detail: str = "") -> Row:
+    """A verdict row whose claim is ``text`` (ready, variant included); the outcome and ``replicates``
+    follow from the count."""
     out = outcome(holds, of)
     return {
-        "claim": claim(rule, variant),
+        "claim": text,
         "rule": rule,
         "outcome": out,
         "holds": int(holds),

@@ -80,11 +80,12 @@ def _contrast(u: Any, h: Any, control: str) -> tuple[int, int, str]:
     return holds, len(fracs), text
 
 
-def topk_vs_random(d: Any, var: str = "") -> Row:
-    """``exp1.topk-vs-random.v2``: at each frac, Top-K > RandomK and Top-K > Random on both metrics."""
+def topk_vs_random(d: Any, harm: tuple[str, str, float], var: str = "") -> Row:
+    """``exp1.topk-vs-random.v2``: at each frac, Top-K > RandomK and Top-K > Random on both metrics
+    (``harm``: :func:`harm_column` of the harmful update's rows)."""
     rule = "exp1.topk-vs-random.v2"
-    harm, what, _ = harm_column(d[d[TASK] == "harmful"])
-    u, h = _table(d, "useful", _UTILITY), _table(d, "harmful", harm)
+    column, what, _ = harm
+    u, h = _table(d, "useful", _UTILITY), _table(d, "harmful", column)
     controls = [c for c in CONTROLS if c in u.columns and c in h.columns]
     if "topk" not in u.columns or "topk" not in h.columns or not controls:
         return not_tested(
@@ -98,7 +99,7 @@ def topk_vs_random(d: Any, var: str = "") -> Row:
         of,
         f"holds in {holds} of {of} (frac, control) pairs; " + "; ".join(p[2] for p in parts),
         f"parallel projection W_A + P_k Δ_T at equal k; utility (exact match) of the useful update, harm = "
-        f"{what} ({harm}) of the harmful update; both must be strictly higher for Top-K",
+        f"{what} ({column}) of the harmful update; both must be strictly higher for Top-K",
         var,
     )
 
@@ -137,23 +138,25 @@ def exp1_verdicts(sweep: Any, context: dict[str, Any]) -> list[Row]:
     rows = []
     for labels, d in groups(par, (SUBSPACE, SCOPE)):
         var = variant(labels, context)
-        contrast = topk_vs_random(d, var)
+        harm = harm_column(d[d[TASK] == "harmful"])
+        contrast = topk_vs_random(d, harm, var)
         if contrast["of"]:
-            contrast["detail"] += judge_note(context, harm_column(d[d[TASK] == "harmful"])[0])
+            contrast["detail"] += judge_note(context, harm[0])
         rows += [contrast, energy_even(d, var)]
     return rows
 
 
 # ---------------------------------------------------------------- Exp 2
-def references(evals: Any, harm: str) -> tuple[dict[str, tuple[float, float]], str]:
-    """``({metric: (W_A value, contaminated gain over W_A)}, why-not)`` from the evals table."""
+def references(evals: Any, harm: str, harm_span: float) -> tuple[dict[str, tuple[float, float]], str]:
+    """``({metric: (W_A value, contaminated gain over W_A)}, why-not)`` from the evals table; ``harm_span`` is
+    the scale of the ``harm`` column (:func:`harm_column`)."""
     if not present(evals) or "stage" not in evals.columns:
         return {}, "needs the evals rows of wa and contaminated (the un-projected references)"
     ev = evals.set_index("stage")
     if not {"wa", "contaminated"} <= set(ev.index) or harm not in ev.columns:
         return {}, f"needs the evals rows of wa and contaminated with utility and {harm}"
     out = {}
-    for metric, span in ((_UTILITY, 1.0), (harm, 4.0 if harm == "harm_score" else 1.0)):
+    for metric, span in ((_UTILITY, 1.0), (harm, harm_span)):
         base, gain = float(ev.loc["wa", metric]), float(ev.loc["contaminated", metric] - ev.loc["wa", metric])
         if not gain >= MIN_GAIN * span:
             return {}, (
@@ -238,8 +241,8 @@ def exp2_verdicts(sweep: Any, evals: Any, context: dict[str, Any]) -> list[Row]:
             not_tested(r, "the sweep has no orth rows of the contaminated update (experiment orth_sweep)")
             for r in rules
         ]
-    harm, what, _ = harm_column(orth, evals)
-    refs, why = references(evals, harm)
+    harm, what, span = harm_column(orth, evals)
+    refs, why = references(evals, harm, span)
     if not refs:
         return [not_tested(r, why) for r in rules]
     rows = []

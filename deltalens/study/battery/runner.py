@@ -44,10 +44,8 @@ DELTAS: dict[str, tuple[str, str]] = {
     "safety": ("w0", "safety"),
 }
 """Update name -> (from stage, to stage): ΔW_A = W_A − W_0, the task updates W_FT − W_A and the
-safety update Δ_S = W_S − W_0 (W_0 fine-tuned on refusals to harmful prompts only)."""
-
-SUBSPACE_DELTAS = {"alignment": "alignment", "safety": "safety"}
-"""Sweep ``subspace`` label -> the update whose singular vectors define the projector P_k."""
+safety update Δ_S = W_S − W_0 (W_0 fine-tuned on refusals to harmful prompts only). A sweep's
+``subspace`` (alignment / safety) names the update whose singular vectors define the projector P_k."""
 
 DEVICE = "cpu"
 """Where the battery loads its models; part of every unit key (numbers differ across device kinds)."""
@@ -493,7 +491,7 @@ class Battery:
 
     def subspaces(self) -> list[str]:
         """The configured sweep subspaces whose update the family has (``safety`` needs W_S)."""
-        return [n for n in self.cfg.subspaces if DELTAS[SUBSPACE_DELTAS[n]][1] in self.family.paths]
+        return [n for n in self.cfg.subspaces if DELTAS[n][1] in self.family.paths]
 
     @staticmethod
     def _modules(scope: str) -> tuple[Any, str]:
@@ -535,7 +533,7 @@ class Battery:
         df = subspace_sweep(
             self.model("wa"),
             self.delta(task),
-            self.delta(SUBSPACE_DELTAS[subspace]),
+            self.delta(subspace),
             fracs=[frac],
             methods=[method],
             modes=[mode],
@@ -815,8 +813,9 @@ class Battery:
         self._resolve_family()
         self.timings["family"] = time.perf_counter() - t0
         tables = self._run_experiments()
-        tables["verdicts"] = _call_verdicts(verdicts, tables, self.protocol())
-        self._write(tables, time.perf_counter() - t0)
+        protocol = self.protocol()
+        tables["verdicts"] = verdicts(tables, protocol)
+        self._write(tables, protocol, time.perf_counter() - t0)
         return {"tables": tables, "out": self.out}
 
     # -------------------------------------------------------------- output
@@ -824,9 +823,11 @@ class Battery:
         """What the tables were measured on, for the summary and the verdicts: the prompt sets'
         sources (H1 and H2 named), the activation layers (and whether they were widened), the
         projection scopes and subspaces, the sweep metrics and the family's seed."""
+        from deltalens.hooks.names import parse_layers
+
         sets = self.family.sources
         layers = self.activation_layers() if "activation_overlap" in self.cfg.experiments else []
-        paper = widen_layers(self.cfg.layers, self.model("wa").n_layers, 1) if layers else []
+        paper = parse_layers(self.cfg.layers, self.model("wa").n_layers) if layers else []
         return {
             "activation_sets": sets,
             "h1_source": sets.get("harmful_1"),
@@ -892,7 +893,9 @@ class Battery:
         computing = [r for r in runs if r.get("config") == this["config"] and r.get("computed")]
         return runs, (computing[-1] if computing else this)
 
-    def _summary(self, tables: dict[str, pd.DataFrame], seconds: float) -> dict[str, Any]:
+    def _summary(
+        self, tables: dict[str, pd.DataFrame], protocol: dict[str, Any], seconds: float
+    ) -> dict[str, Any]:
         runs, basis = self._runs(seconds)
         summary = {
             "preset": self.cfg.preset,
@@ -902,7 +905,7 @@ class Battery:
             "units": {"computed": len(self.units.computed), "cached": len(self.units.cached)},
             "runs": runs,
             "family": self.family.paths,
-            **self.protocol(),
+            **protocol,
             "verdicts": tables["verdicts"].to_dict(orient="records"),
         }
         if "circuit_heads" in tables:
@@ -911,14 +914,15 @@ class Battery:
             summary["evals"] = tables["evals"].to_dict(orient="records")
         return summary
 
-    def _write(self, tables: dict[str, pd.DataFrame], seconds: float) -> None:
+    def _write(self, tables: dict[str, pd.DataFrame], protocol: dict[str, Any], seconds: float) -> None:
         """config.yaml, every table, ``results.parquet`` (all but the verdicts, long), provenance,
-        summary and report: staged, then moved into the results folder together."""
+        summary (with the run's ``protocol``) and report: staged, then moved into the results folder
+        together."""
         import pandas as pd
 
         from deltalens.study.report import report_from_results
 
-        summary = self._summary(tables, seconds)
+        summary = self._summary(tables, protocol, seconds)
         with staged_outputs(self.out, replaces=[f"{n}.parquet" for n in TABLE_NAMES]) as stage:
             self.cfg.save(stage / "config.yaml")
             for name, df in tables.items():
@@ -932,15 +936,6 @@ class Battery:
             write_bytes(stage / "summary.json", json.dumps(summary, indent=1, default=str).encode())
             title = f"deltalens report: {self.out.resolve().name}"
             report_from_results(stage, title=title).save(stage / "report.html")
-
-
-def _call_verdicts(verdicts: Callable[..., Any], tables: dict[str, Any], context: dict[str, Any]) -> Any:
-    """``verdicts(tables, context)`` where the rules take the run's protocol facts, else ``verdicts(tables)``."""
-    import inspect
-
-    if len(inspect.signature(verdicts).parameters) >= 2:
-        return verdicts(tables, context)
-    return verdicts(tables)
 
 
 def _concat_sweeps(*frames: pd.DataFrame) -> pd.DataFrame:

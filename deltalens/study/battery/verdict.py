@@ -29,7 +29,7 @@ from deltalens.study.battery.rules_common import (
     VERDICT_COLUMNS,
     VERDICTS,
     Row,
-    outcome,
+    claim_row,
 )
 from deltalens.study.battery.rules_overlap import activation_verdicts, exp3_verdicts, probe_verdicts
 from deltalens.study.battery.rules_sweep import exp1_verdicts, exp2_verdicts
@@ -101,17 +101,7 @@ def robustness(per_seed: Mapping[Any, Any]) -> Any:
     for (claim, rule), d in allv.groupby(["claim", "rule"], sort=False):
         tested = d[d["outcome"] != "not tested"]
         holds, of = int((tested["outcome"] == "replicates").sum()), len(tested)
-        rows.append(
-            {
-                "claim": claim,
-                "rule": rule,
-                "outcome": outcome(holds, of),
-                "holds": holds,
-                "of": of,
-                "replicates": {"replicates": True, "does not": False}.get(outcome(holds, of)),
-                "numbers": f"holds in {holds} of {of} seeds",
-                "detail": f"{ROBUSTNESS_RULE}: "
-                + "; ".join(_seed_cell(s, r) for s, r in zip(d["_seed"], d.to_dict("records"))),
-            }
-        )
+        cells = "; ".join(_seed_cell(s, r) for s, r in zip(d["_seed"], d.to_dict("records")))
+        numbers = f"holds in {holds} of {of} seeds"
+        rows.append(claim_row(claim, rule, holds, of, numbers, f"{ROBUSTNESS_RULE}: {cells}"))
     return VERDICTS.frame(rows)
