@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -429,13 +431,21 @@ def _read_model(
     return model, tokenizer, name, weight_hash(base_module(model))[:16]
 
 
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Silence the one FutureWarning peft triggers on every wrap: it reads transformers'
+    deprecated ``is_gradient_checkpointing`` (peft's doing, not the caller's); other warnings pass."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing", category=FutureWarning)
+        yield
+
+
 def _apply_adapter(model: nn.Module, adapter: Path, merge: bool, ckpt_hash: str) -> tuple[nn.Module, str]:
     """Put a checked LoRA adapter on ``model`` (merged or live); return it and the combined hash."""
     from peft import PeftModel
 
     check_adapter(adapter, base_module(model))
-    with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
-        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing", category=FutureWarning)
+    with quiet_peft():
         peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
     if merge:
         _untie_adapted_embeddings(base_module(peft_model))

@@ -162,7 +162,7 @@ def limited(threads: ThreadsArg = None) -> Iterator[int]:
 def settings() -> dict[str, object]:
     """What is in force: ``threads`` (torch's if loaded, else what the environment asks), wait policy, cores, load."""
     torch = sys.modules.get("torch")
-    n = torch.get_num_threads() if torch is not None else _parse(os.environ.get(ENV_THREADS), ENV_THREADS)
+    n = torch.get_num_threads() if torch is not None else _env_threads()
     load = load_per_core()
     return {
         "threads": n,

@@ -11,9 +11,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from deltalens.viz.browser import CHROMIUM_NAMES, offline_browser  # noqa: E402
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 TINY_ARCHS = ("gpt2", "llama", "qwen2")
+NO_CHROMIUM = (
+    f"chromium not found (looked on PATH for {', '.join(CHROMIUM_NAMES)}); "
+    "the browser tests need Debian's chromium package, which .ci/run installs"
+)
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +42,12 @@ def organism_family(tmp_path_factory):
     from deltalens.study import organism
 
     return organism.build(tmp_path_factory.mktemp("organism"), seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> list[str]:
+    """The command that starts the browser, networking off; skips (never installs) when there is none."""
+    browser = offline_browser()
+    if browser is None:
+        pytest.skip(NO_CHROMIUM)
+    return browser

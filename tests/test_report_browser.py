@@ -9,15 +9,13 @@ proxy and resolver).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 import deltalens as dl
 from deltalens import viz
-from deltalens.viz.browser import CHROMIUM_NAMES, body_attr, dump_dom, find_chromium
+from deltalens.viz.browser import body_attr, dump_dom
 
 from .test_viz import EXTERNAL_URL, act_table, patch_table, probe_table, sweep_table, weight_table
 
@@ -39,25 +37,6 @@ return {kind:f.getAttribute('data-kind'),complete:i.complete,width:i.naturalWidt
 
 
 # ---------------------------------------------------------------------------------------- chromium
-NO_CHROMIUM = (
-    f"chromium not found (looked on PATH for {', '.join(CHROMIUM_NAMES)}); "
-    "the browser tests need Debian's chromium package, which .ci/run installs"
-)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> list[str]:
-    """The command that starts the browser; skips (never installs) when there is none."""
-    path = find_chromium()
-    if path is None:
-        pytest.skip(NO_CHROMIUM)
-    prefix: list[str] = []
-    if shutil.which("unshare"):
-        ok = subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
-        prefix = ["unshare", "-n"] if ok else []
-    return [*prefix, path]
-
-
 def _run(chromium: list[str], profile: Path, page: Path, *extra: str) -> tuple[str, float]:
     return dump_dom(chromium, page, profile, *extra)
 

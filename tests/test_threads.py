@@ -62,6 +62,14 @@ def test_bad_environment_names_the_variable(monkeypatch):
         threads.resolve()
 
 
+def test_settings_before_torch_reads_the_environment_as_resolve_does(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # torch not loaded: settings() reads the env
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")  # nested OpenMP list: the outer level counts
+    assert threads.settings()["threads"] == threads.resolve() == 4
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert threads.settings()["threads"] is None
+
+
 def test_configure_before_torch_sets_passive_waiting_and_one_thread():
     got = _fresh(PROBE.format(arg=""))
     assert got == {"n": 1, "loaded": False, "torch": 1, "wait": "PASSIVE"}

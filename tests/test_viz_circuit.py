@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
-import subprocess
 
 import numpy as np
 import pandas as pd
@@ -19,7 +17,7 @@ import torch
 
 import deltalens as dl
 from deltalens import viz
-from deltalens.viz.browser import CHROMIUM_NAMES, body_attr, dump_dom, find_chromium
+from deltalens.viz.browser import body_attr, dump_dom
 
 from .test_viz import EXTERNAL_URL, PROMPT
 
@@ -304,11 +302,6 @@ def test_attention_compare_two_models_has_a_difference_panel(two_checkpoints):
 
 
 # ---------------------------------------------------------------------------------------- chromium
-NO_CHROMIUM = (
-    f"chromium not found (looked on PATH for {', '.join(CHROMIUM_NAMES)}); "
-    "the browser tests need Debian's chromium package, which .ci/run installs"
-)
-
 PROBE = """<script>(function(){var b=document.body;
 function put(name,value){b.setAttribute(name,JSON.stringify(value));}
 function edges(){var out=[];[].forEach.call(document.querySelectorAll('.dl-circuit'),function(v,k){
@@ -335,21 +328,6 @@ setTimeout(function(){put('data-cv',[].map.call(document.querySelectorAll('.dl-c
 function(el){return el.childElementCount;}));},1500);
 put('data-diff-cells',document.querySelectorAll('.dl-attn-diff rect').length);
 });})();</script>"""
-
-
-@pytest.fixture(scope="module")
-def chromium() -> list[str]:
-    """The command that starts the browser, networking off; skips (never installs) when there is none."""
-    path = find_chromium()
-    if path is None:
-        pytest.skip(NO_CHROMIUM)
-    prefix: list[str] = []
-    if (
-        shutil.which("unshare")
-        and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
-    ):
-        prefix = ["unshare", "-n"]
-    return [*prefix, path]
 
 
 def _open(chromium, view_or_page, tmp_path, name: str) -> str:

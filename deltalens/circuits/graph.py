@@ -28,7 +28,28 @@ if TYPE_CHECKING:
 STAGE = "stage"
 COLUMNS: tuple[str, ...] = ("source", "target", "score", "source_layer", "target_layer")
 _META_KEY = b"deltalens.circuit"
-_NODE = re.compile(r"^(embed|logits|a(\d+)\.h(\d+)|m(\d+))$")
+_NODE = re.compile(r"embed|logits|a(\d+)\.h(\d+)|m(\d+)")
+
+
+def node_parts(name: str, n_layers: int) -> tuple[int, int | None, str]:
+    """``(layer, head, kind)`` of a node name.
+
+    ``embed`` -> ``(-1, None, "embed")``, ``a{L}.h{H}`` -> ``(L, H, "head")``, ``m{L}`` ->
+    ``(L, None, "mlp")``, ``logits`` -> ``(n_layers, None, "logits")``.
+
+    Raises:
+        ValueError: ``name`` is not a node name.
+    """
+    m = _NODE.fullmatch(str(name))
+    if m is None:
+        raise ValueError(f"node {name!r} is not 'embed', 'logits', 'a{{L}}.h{{H}}' or 'm{{L}}'")
+    if name == "embed":
+        return -1, None, "embed"
+    if name == "logits":
+        return n_layers, None, "logits"
+    if m.group(1) is not None:
+        return int(m.group(1)), int(m.group(2)), "head"
+    return int(m.group(3)), None, "mlp"
 
 
 def node_layer(name: str, n_layers: int) -> int:
@@ -37,22 +58,13 @@ def node_layer(name: str, n_layers: int) -> int:
     Raises:
         ValueError: ``name`` is not a node name.
     """
-    m = _NODE.match(name)
-    if m is None:
-        raise ValueError(f"node {name!r} is not one of 'embed', 'a{{L}}.h{{H}}', 'm{{L}}', 'logits'")
-    if name == "embed":
-        return -1
-    if name == "logits":
-        return n_layers
-    return int(m.group(2) if m.group(2) is not None else m.group(4))
+    return node_parts(name, n_layers)[0]
 
 
-def _node_key(name: str, n_layers: int) -> tuple[int, int, int]:
+def node_key(name: str, n_layers: int) -> tuple[int, int, int]:
     """Sort key in forward order: layer, heads before the MLP, head index."""
-    layer = node_layer(name, n_layers)
-    if name.startswith("a"):
-        return layer, 0, int(name.split(".h")[1])
-    return layer, 1, 0
+    layer, head, _ = node_parts(name, n_layers)
+    return (layer, 0, head) if head is not None else (layer, 1, 0)
 
 
 class Circuit:
@@ -141,7 +153,7 @@ class Circuit:
     def nodes(self) -> list[str]:
         """Every node that appears in an edge, in forward order."""
         names = set(self._df["source"]) | set(self._df["target"])
-        return sorted(names, key=lambda n: _node_key(n, self.n_layers))
+        return sorted(names, key=lambda n: node_key(n, self.n_layers))
 
     def edge_set(self) -> set[tuple[str, str]]:
         """``{(source, target)}`` of the edges (all stages together)."""

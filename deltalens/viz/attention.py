@@ -8,13 +8,12 @@ package's own ``_repr_html_`` does both, so it is never called here).
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deltalens.viz.base import View, content_id, esc, provenance_of
+from deltalens.viz.base import NEGATIVE, POSITIVE, View, content_id, esc, js_json, provenance_of
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -49,12 +48,6 @@ def circuitsvis_script() -> str:
     js = js.replace("</script", "<\\/script").replace("<!--", "<\\!--")
     js = js.replace("//# sourceMappingURL=iife.js.map", "")
     return f'<script data-dl-asset="circuitsvis">\n{js}\n</script>\n'
-
-
-def _js_json(obj: Any) -> str:
-    """JSON that is safe inside an inline ``<script>`` (no ``<``, ``>``, ``&`` characters)."""
-    s = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 @dataclass(kw_only=True, repr=False, eq=False)
@@ -92,7 +85,7 @@ class AttentionView(View):
 
     @property
     def uid(self) -> str:
-        payload = [(label, _js_json(self._props(label))) for label in self.patterns]
+        payload = [(label, js_json(self._props(label))) for label in self.patterns]
         return content_id(self.kind, self.title, self.layer, payload, prefix="dl-attention")
 
     def assets(self) -> dict[str, str]:
@@ -110,7 +103,7 @@ class AttentionView(View):
                 f'<div class="dl-cv-root" id="{root}" data-cv="{root}"></div>'
                 f"<noscript>This attention view needs JavaScript.</noscript></div>"
             )
-            calls.append(f'["{root}",{_js_json(self._props(label))}]')
+            calls.append(f'["{root}",{js_json(self._props(label))}]')
         script = (
             "<script>(function(){var items=[" + ",".join(calls) + "];"
             # find each root inside this view (the same view may be shown twice on one page)
@@ -144,6 +137,7 @@ def diff_panel(diff: Any, tokens: Sequence[str], heads: Sequence[int], layer: in
     n = diff.shape[-1]
     largest = float(np.abs(diff).max()) or 1.0
     cell = max(4.0, min(16.0, 240.0 / n))
+    pos, neg = (tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in (POSITIVE, NEGATIVE))
     grids = []
     for i, h in enumerate(heads):
         rects = []
@@ -151,7 +145,7 @@ def diff_panel(diff: Any, tokens: Sequence[str], heads: Sequence[int], layer: in
             for k in range(q + 1):
                 v = float(diff[i, q, k])
                 t = abs(v) / largest
-                rgb = (43, 108, 176) if v >= 0 else (197, 48, 48)
+                rgb = pos if v >= 0 else neg
                 fill = "#" + "".join(f"{round(255 + (c - 255) * t):02x}" for c in rgb)
                 tip = f"L{layer}H{h} {tokens[q]!r} → {tokens[k]!r}: {v:+.4f}"
                 rects.append(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,16 @@ h2{font-size:1.3em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1
 .dl-row{display:flex;flex-wrap:wrap;gap:18px}.dl-col{flex:1 1 420px;min-width:360px}
 nav.dl-toc{background:#f8f8fa;border:1px solid #e5e5ea;padding:8px 18px;border-radius:6px}
 """
+
+
+POSITIVE, NEGATIVE = "#2b6cb0", "#c53030"
+"""The colours of a positive and a negative value (circuit edges and bars, attention differences)."""
+
+
+def js_json(obj: Any) -> str:
+    """JSON that is safe inside an inline ``<script>`` (no ``<``, ``>``, ``&`` characters)."""
+    s = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def content_id(*parts: Any, prefix: str = "dl") -> str:

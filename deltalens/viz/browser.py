@@ -1,8 +1,8 @@
 """Open a saved page in headless Chromium with networking disabled (for checks and benchmarks).
 
 Example:
-    >>> browser = find_chromium()                       # Debian's ``chromium``, or None
-    >>> dom, seconds = dump_dom([browser], "report.html", profile="/tmp/profile")
+    >>> browser = offline_browser()     # ["unshare", "-n", ".../chromium"], [".../chromium"] or None
+    >>> dom, seconds = dump_dom(browser, "report.html", profile="/tmp/profile")
     >>> body_attr(dom, "data-load-ms")                  # a value a page script stored on <body>
 """
 
@@ -34,6 +34,22 @@ OFFLINE_FLAGS = (
 def find_chromium() -> str | None:
     """Path of a Chromium-family browser on PATH, or None."""
     return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
+
+
+def offline_browser() -> list[str] | None:
+    """The command that starts a Chromium-family browser with networking off, or None without one.
+
+    The browser runs in a private network namespace (``unshare -n``) when that works on this
+    machine; :func:`dump_dom` adds :data:`OFFLINE_FLAGS` (a dead proxy and resolver) either way.
+    Nothing is installed.
+    """
+    path = find_chromium()
+    if path is None:
+        return None
+    probe = ["unshare", "-n", "true"]
+    if shutil.which("unshare") and subprocess.run(probe, capture_output=True).returncode == 0:
+        return ["unshare", "-n", path]
+    return [path]
 
 
 def dump_dom(

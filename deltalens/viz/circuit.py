@@ -20,13 +20,12 @@ Example:
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from deltalens.viz.attention import _js_json
-from deltalens.viz.base import FigureView, View, content_id, esc, provenance_of
+from deltalens.circuits.graph import COLUMNS, STAGE, node_key, node_parts
+from deltalens.viz.base import NEGATIVE, POSITIVE, FigureView, View, content_id, esc, js_json, provenance_of
 from deltalens.viz.plots import (
     SeriesLog,
     check_columns,
@@ -42,11 +41,6 @@ from deltalens.viz.plots import (
 if TYPE_CHECKING:
     import pandas as pd
 
-EDGE_COLUMNS = ("source", "target", "score", "source_layer", "target_layer")
-"""The columns of a circuit edge table (plus ``stage`` when it holds several checkpoints)."""
-STAGE = "stage"
-POSITIVE, NEGATIVE = "#2b6cb0", "#c53030"
-_NODE = re.compile(r"embed|logits|a(\d+)\.h(\d+)|m(\d+)")
 _ROW_GAP, _PAD_TOP, _PAD_BOTTOM, _LEFT = 46.0, 26.0, 26.0, 96.0
 
 
@@ -91,39 +85,19 @@ def circuit_frame(circuits: Any, what: str = "circuit_graph") -> pd.DataFrame:
             meta = getattr(circuits, "meta", None)
             label = meta.get("stage") if isinstance(meta, Mapping) else None
             df = df.assign(**{STAGE: str(label) if isinstance(label, str) and label else "circuit"})
-    missing = [c for c in EDGE_COLUMNS if c not in df.columns]
+    missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(
             f"{what}: the circuit table lacks column(s) {missing}; a circuit edge table has columns "
-            f"{list(EDGE_COLUMNS)} (+ 'stage'); its columns are {list(df.columns)}"
+            f"{list(COLUMNS)} (+ 'stage'); its columns are {list(df.columns)}"
         )
     if df.empty:
         raise ValueError(f"{what}: the circuit table has no edge")
-    df = df[[STAGE, *EDGE_COLUMNS]].copy()
+    df = df[[STAGE, *COLUMNS]].copy()
     df[STAGE] = df[STAGE].astype(str)
     df["score"] = pd.to_numeric(df["score"], errors="coerce").astype("float64")
     _check_edges(df, what)
     return df.reset_index(drop=True)
-
-
-def node_layer(name: str, n_layers: int | None = None) -> tuple[int, int | None, str]:
-    """``(layer, head, kind)`` of a component name: embed -> (-1, None, "embed"), ``a2.h1`` -> (2, 1,
-    "head"), ``m2`` -> (2, None, "mlp"), logits -> (n_layers or -2, None, "logits")."""
-    m = _NODE.fullmatch(str(name))
-    if m is None:
-        raise ValueError(f"node {name!r} is not 'embed', 'logits', 'a{{L}}.h{{H}}' or 'm{{L}}'")
-    if name == "embed":
-        return -1, None, "embed"
-    if name == "logits":
-        return (n_layers if n_layers is not None else -2), None, "logits"
-    if m.group(1) is not None:
-        return int(m.group(1)), int(m.group(2)), "head"
-    return int(m.group(3)), None, "mlp"
-
-
-def _node_order(name: str, n_layers: int) -> tuple[int, int, int]:
-    layer, head, kind = node_layer(name, n_layers)
-    return layer, int(kind == "mlp"), -1 if head is None else head
 
 
 def _check_edges(df: pd.DataFrame, what: str) -> None:
@@ -136,8 +110,8 @@ def _check_edges(df: pd.DataFrame, what: str) -> None:
         )
     for end in ("source", "target"):
         for name, layer in df[[end, f"{end}_layer"]].drop_duplicates().itertuples(index=False):
-            try:
-                expect, _, kind = node_layer(name)
+            try:  # logits' layer is not checked (not used here)
+                expect, _, kind = node_parts(name, -1)
             except ValueError as err:
                 raise ValueError(f"{what}: {end} {err}") from None
             if kind != "logits" and int(layer) != expect:
@@ -173,7 +147,7 @@ def _shape(df: pd.DataFrame) -> tuple[int, int]:
     """``(n_layers, n_heads)`` read from the node names and the logits' ``target_layer``."""
     layers, heads = [-1], [-1]
     for name in set(df["source"]) | set(df["target"]):
-        layer, head, kind = node_layer(name)
+        layer, head, kind = node_parts(name, -1)  # logits' layer is not used here
         if kind in ("head", "mlp"):
             layers.append(layer)
         if head is not None:
@@ -201,7 +175,7 @@ def _layout(
     mid = (x0 + x1) / 2
     pos = {}
     for name in nodes:
-        layer, head, kind = node_layer(name)
+        layer, head, kind = node_parts(name, n_layers)
         if kind == "embed":
             pos[name] = (mid, y(0))
         elif kind == "logits":
@@ -288,7 +262,10 @@ class CircuitView(View):
 
     @property
     def uid(self) -> str:
-        return content_id(self.kind, self.title, self.caption, _js_json(self.payload()), prefix="dl-circuit")
+        return self._uid(js_json(self.payload()))
+
+    def _uid(self, payload_json: str) -> str:
+        return content_id(self.kind, self.title, self.caption, payload_json, prefix="dl-circuit")
 
     def assets(self) -> dict[str, str]:
         return {
@@ -296,14 +273,15 @@ class CircuitView(View):
         }
 
     def body_html(self, id_suffix: str = "") -> str:
-        uid = self.uid + id_suffix
         payload = self.payload()
+        data = js_json(payload)
+        uid = self._uid(data) + id_suffix
         cap = f'<p class="dl-caption">{esc(self.caption)}</p>' if self.caption else ""
         return (
             f'<div class="dl-view dl-circuit" id="{uid}" data-kind="circuit_graph" data-mode="s0">'
             f'<div class="dl-title">{esc(self.title)}</div>{self._toolbar()}'
             f'<div class="dl-circuit-box">{self._svg(payload)}<div class="dl-tip" hidden></div></div>{cap}'
-            f'<script type="application/json" data-dl-circuit>{_js_json(payload)}</script>'
+            f'<script type="application/json" data-dl-circuit>{data}</script>'
             "<script>(function(){var s=document.currentScript,b=s&&s.parentNode;"
             f"if(!b||!b.classList||!b.classList.contains('dl-circuit'))b=document.getElementById('{uid}');"
             "if(window.dlCircuitGraph&&b)window.dlCircuitGraph(b);})();</script></div>\n"
@@ -385,7 +363,7 @@ def _edge_path(sx: float, sy: float, tx: float, ty: float, bow: int) -> str:
 
 
 def _node_svg(name: str, x: float, y: float, n_heads: int, width: float) -> str:
-    _, head, kind = node_layer(name)
+    _, head, kind = node_parts(name, -1)  # logits' layer is not used here
     if kind == "head":
         r = max(5.0, min(12.0, 0.3 * (width - _LEFT - 34) / max(n_heads, 1)))
         shape = f'<circle r="{r:.1f}"></circle>'
@@ -413,20 +391,13 @@ def _provenance(circuits: Any) -> dict[str, dict[str, Any]]:
 
 def _graph_pair(pair: Any, stages: list[str]) -> tuple[str, str] | None:
     """The checked ``(a, b)`` of the difference view (default first and last; None for one stage)."""
-    if pair is not None:
-        if not (isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2):
-            raise ValueError(
-                f"circuit_graph: pair={pair!r}; give two stages (a, b) to draw score_b − score_a"
-            )
-        for p in pair:
-            if str(p) not in stages:
-                raise ValueError(
-                    f"circuit_graph: pair stage {p!r} is not in the table; its stages are {stages}"
-                )
-        pair = (str(pair[0]), str(pair[1]))
-    elif len(stages) > 1:
-        pair = (stages[0], stages[-1])
-    return pair
+    return _stage_pair(
+        pair,
+        stages,
+        off=False,
+        shape_error=f"circuit_graph: pair={pair!r}; give two stages (a, b) to draw score_b − score_a",
+        stage_error=lambda p: f"circuit_graph: pair stage {p!r} is not in the table; its stages are {stages}",
+    )
 
 
 def circuit_graph(
@@ -464,7 +435,7 @@ def circuit_graph(
     pair = _graph_pair(pair, stages)
     df, note = _top_edges(df, top)
     n_layers, n_heads = _shape(df)
-    nodes = sorted(set(df["source"]) | set(df["target"]), key=lambda n: _node_order(n, n_layers))
+    nodes = sorted(set(df["source"]) | set(df["target"]), key=lambda n: node_key(n, n_layers))
     prov = _provenance(circuits)
     head = f"Circuit across {', '.join(stages)}" if len(stages) > 1 else "Circuit"
     return CircuitView(
@@ -491,13 +462,22 @@ def _component_frame(table: Any, what: str, value: str) -> pd.DataFrame:
     df = as_frame(table, what).copy()
     check_columns(df, what, value=value)
     if ("layer" not in df.columns or "head" not in df.columns) and "component" in df.columns:
-        parsed = [_NODE.fullmatch(str(c)) for c in df["component"]]
-        df["layer"] = [int(m.group(1)) if m and m.group(1) else math.nan for m in parsed]
-        df["head"] = [int(m.group(2)) if m and m.group(2) else math.nan for m in parsed]
+        parsed = [_head_of(c) for c in df["component"]]
+        df["layer"] = [layer for layer, _ in parsed]
+        df["head"] = [head for _, head in parsed]
     if STAGE not in df.columns:
         df[STAGE] = ""
     df[STAGE] = df[STAGE].astype(str)
     return df
+
+
+def _head_of(component: Any) -> tuple[float, float]:
+    """``(layer, head)`` of a head name ``a{L}.h{H}``; NaN, NaN for any other component."""
+    try:
+        layer, head, _ = node_parts(component, -1)
+    except ValueError:
+        return math.nan, math.nan
+    return (layer, head) if head is not None else (math.nan, math.nan)
 
 
 def _pick_stages(df: pd.DataFrame, stages: Sequence[str] | None, what: str) -> list[str]:
@@ -512,17 +492,39 @@ def _pick_stages(df: pd.DataFrame, stages: Sequence[str] | None, what: str) -> l
     return [str(s) for s in stages]
 
 
-def _diff_pair(diff: Any, stages: list[str], what: str) -> tuple[str, str] | None:
-    if diff is False or (diff is None and len(stages) < 2):
+def _stage_pair(
+    pair: Any, stages: list[str], *, off: bool, shape_error: str, stage_error: Callable[[Any], str]
+) -> tuple[str, str] | None:
+    """The checked ``(a, b)`` pair of ``stages``: ``pair``, else first and last (None for one stage).
+
+    Args:
+        pair: two stages, or None for the default; ``False`` means no pair when ``off``.
+        stages: the stages to choose from.
+        off: whether ``pair=False`` is allowed (no pair).
+        shape_error: the message when ``pair`` is not two items.
+        stage_error: the message for an item that is not in ``stages``.
+    """
+    if pair is None:
+        return (stages[0], stages[-1]) if len(stages) > 1 else None
+    if off and pair is False:
         return None
-    if diff is None:
-        return stages[0], stages[-1]
-    if isinstance(diff, str) or not isinstance(diff, Sequence) or len(diff) != 2:
-        raise ValueError(f"{what}: diff={diff!r}; give two stages (a, b) to draw b − a, or False for none")
-    for d in diff:
-        if str(d) not in stages:
-            raise ValueError(f"{what}: diff stage {d!r} is not among the stages shown {stages}")
-    return str(diff[0]), str(diff[1])
+    if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
+        raise ValueError(shape_error)
+    for p in pair:
+        if str(p) not in stages:
+            raise ValueError(stage_error(p))
+    return str(pair[0]), str(pair[1])
+
+
+def _diff_pair(diff: Any, stages: list[str], what: str) -> tuple[str, str] | None:
+    """The checked ``(a, b)`` of a difference panel (default first and last; None for one stage)."""
+    return _stage_pair(
+        diff,
+        stages,
+        off=True,
+        shape_error=f"{what}: diff={diff!r}; give two stages (a, b) to draw b − a, or False for none",
+        stage_error=lambda d: f"{what}: diff stage {d!r} is not among the stages shown {stages}",
+    )
 
 
 def head_grids(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deltalens.atomic import write_json
-from deltalens.checkpoints import CheckpointError
+from deltalens.checkpoints import CheckpointError, quiet_peft
 from deltalens.finetune.storage import CFG_NAME
 from deltalens.hashing import config_key, file_hash
 from deltalens.study.organism import data as od
@@ -213,7 +213,9 @@ def load_stage(path: Path, base: Path | None = None) -> nn.Module:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(load_stage(base), path).eval()
+    model = load_stage(base)
+    with quiet_peft():
+        return PeftModel.from_pretrained(model, path).eval()
 
 
 def model_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
