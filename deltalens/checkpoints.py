@@ -253,13 +253,15 @@ def check_finite(model: nn.Module, source: str) -> None:
     Raises:
         CheckpointError: a parameter or buffer holds a non-finite value.
     """
+    from itertools import chain
+
     import torch
 
-    from deltalens.hooks.weights import is_offloaded, offloaded_weights
+    from deltalens.hooks.weights import is_offloaded, iter_offloaded_weights
 
-    tensors = [*model.named_parameters(), *model.named_buffers()]
-    if is_offloaded(model):  # a device_map offloaded these: check the weights it reads back
-        tensors = [*offloaded_weights(model).items(), *model.named_buffers()]
+    tensors = chain(model.named_parameters(), model.named_buffers())
+    if is_offloaded(model):  # a device_map offloaded these: check what it reads back, one module at a time
+        tensors = chain(iter_offloaded_weights(model), model.named_buffers())
     for name, t in tensors:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise CheckpointError(

@@ -20,6 +20,7 @@ from deltalens.circuits import (
     orthogonalize,
     refusal_directions,
 )
+from deltalens.circuits.refusal import apply_orthogonalization
 from deltalens.hooks.writers import residual_writers
 from deltalens.testing import perturb, tiny_config, tiny_tokenizer
 
@@ -118,6 +119,38 @@ def test_orthogonalize_refuses_gemma3_and_live_lora(ckpts, tmp_path):
     with pytest.raises(ValueError, match="LoRA adapter.*merge_adapter=True"):
         with orthogonalize(live, _random_dir(live.d_model)):
             pass
+
+
+def test_apply_orthogonalization_edits_writers_and_restores_bit_exactly(ckpts):
+    m = dl.load(ckpts["qwen2-tied"], backend="nnsight")
+    before = {k: v.detach().clone() for k, v in m.named_weights().items()}
+    r = _random_dir(m.d_model)
+    h = apply_orthogonalization(m, r)
+    assert h.active and m.active_edits()["weights"] == h.label and "active" in repr(h)
+    assert h.untied == 1 and not m.tied_embeddings
+    assert sorted(h.names) == sorted(w.weight_name for w in residual_writers(m))  # qwen2 writers have no bias
+    emb = m.named_weights()["model.embed_tokens.weight"]
+    assert (emb.double() @ (r.double() / r.double().norm())).abs().max() < 1e-5  # no writer writes along r
+    assert not torch.equal(emb, before["model.embed_tokens.weight"])
+    h.restore()
+    assert not h.active and h.names == [] and h.untied == 0 and "restored" in repr(h)
+    assert m.tied_embeddings and m.active_edits()["weights"] is None
+    after = m.named_weights()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    h.restore()  # idempotent
+    assert all(torch.equal(before[k], v) for k, v in m.named_weights().items())
+
+
+def test_vectors_stack_the_raw_vector_of_every_layer(ckpts):
+    m = dl.load(ckpts["llama"], backend="nnsight")
+    rd = refusal_directions({"a": m}, HARMFUL, HARMLESS, layers=[1, 0], batch_size=3)
+    v = rd.vectors("a")
+    assert v.shape == (2, m.d_model) and v.dtype == torch.float32
+    for i, ly in enumerate(rd.layers):
+        assert torch.equal(v[i], rd.vector(ly, "a"))
+    assert torch.equal(rd.vectors(), v)  # one stage: stage=None picks it
+    with pytest.raises(KeyError, match="'b'"):
+        rd.vectors("b")
 
 
 def _hf_means(path, prompts, layers, offset=-1):

@@ -127,3 +127,39 @@ def test_bad_placement_arguments_fail_before_loading(ckpts, tmp_path):
     with pytest.raises(ValueError, match=r"adapter=.*offloading device_map"):
         dl.load(base, backend="nnsight", adapter=tmp_path, device_map=SPLIT, offload_folder=tmp_path)
     assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_offloaded_weights_are_read_one_module_at_a_time(pair):
+    from deltalens.hooks.weights import canonical_name, iter_offloaded_weights
+
+    _, split = pair
+    hf = split.hf_model
+    state = split.state_dict()
+    seen = []
+    for name, t in iter_offloaded_weights(hf):
+        resident = {
+            canonical_name(n).rpartition(".")[0]
+            for n, p in hf.named_parameters()
+            if ".layers.1." in canonical_name(n) and not p.is_meta
+        }
+        assert resident <= {name.rpartition(".")[0]}, (name, resident)  # only this tensor's module is read in
+        assert torch.equal(t, state[name]), name
+        seen.append(name)
+    assert seen == list(state)
+    metas = {n for n, p in hf.named_parameters() if p.is_meta}
+    assert metas and all(".layers.1." in n for n in metas)  # back off the model afterwards
+
+
+def test_nonfinite_offloaded_weights_are_refused_with_the_tensor_name(ckpts, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from deltalens.checkpoints import CheckpointError
+    from deltalens.testing import tiny_checkpoint
+
+    ckpt = tiny_checkpoint("llama", tmp_path / "m", n_layers=2)
+    w = ckpt / "model.safetensors"
+    state = load_file(str(w))
+    state["model.layers.1.mlp.up_proj.weight"][3, 5] = float("inf")
+    save_file(state, str(w), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*infinite"):
+        dl.load(ckpt, backend="nnsight", device_map=SPLIT, offload_folder=tmp_path / "off")

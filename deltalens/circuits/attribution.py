@@ -24,7 +24,6 @@ from deltalens.circuits.stages import by_stage
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
-    from jaxtyping import Float
     from torch import Tensor
 
     from deltalens.hooks.inputs import Inputs
@@ -48,20 +47,14 @@ def logit_diff_metric(
 ) -> Callable[[Tensor], Tensor]:
     """A differentiable metric: mean over the batch of ``logit[good] − logit[bad]`` at ``position``.
 
-    The tensor-valued twin of :func:`deltalens.interventions.logit_diff` (which returns a float).
-    With left padding (what :func:`attribution_patching` uses) ``position=-1`` is each row's last
-    real token. ``good`` / ``bad`` may be one id or one id per row.
+    :func:`deltalens.interventions.patching.logit_diff_metric` (the tensor-valued twin of
+    :func:`deltalens.interventions.logit_diff`, which returns a float). With left padding (what
+    :func:`attribution_patching` uses) ``position=-1`` is each row's last real token. ``good`` /
+    ``bad`` may be one id or one id per row.
     """
-    import torch
+    from deltalens.interventions.patching import logit_diff_metric as tensor_logit_diff
 
-    def metric(logits: Float[Tensor, "batch pos vocab"]) -> Tensor:
-        last = logits[:, position].float()
-        rows = torch.arange(last.shape[0], device=last.device)
-        g = torch.as_tensor(good, device=last.device).reshape(-1).expand(last.shape[0])
-        b = torch.as_tensor(bad, device=last.device).reshape(-1).expand(last.shape[0])
-        return (last[rows, g] - last[rows, b]).mean()
-
-    return metric
+    return tensor_logit_diff(good, bad, position)
 
 
 def _names(model: HookedModel, names: str | Sequence[str]) -> list[str]:

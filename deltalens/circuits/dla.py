@@ -245,9 +245,9 @@ def _dla_one(model: HookedModel, inputs: Inputs, direction: Direction, by: str, 
     from deltalens.hooks.writers import residual_writers
 
     fold = _fold(model, direction)
-    writers = {w.name: w for w in residual_writers(model, merged=True)}
+    live = model.named_weights(merged=True)
+    writers = {w.name: w for w in residual_writers(model, merged=True, live=live)}
     post_norm = any(w.post_norm is not None for w in writers.values())
-    live = model.named_weights(merged=True) if post_norm else {}
     names = _hook_names(model, by, post_norm)
     with torch.no_grad():
         cache = model.run_with_cache(inputs, names=names, positions="last", chat=chat, template=template)

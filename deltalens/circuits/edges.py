@@ -37,11 +37,11 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from deltalens.circuits.stages import as_models
+from deltalens.circuits.stages import as_models, is_single, join_stages
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,6 +71,7 @@ class Layout:
 
     @property
     def sources(self) -> list[str]:
+        """Source node names in index order: ``embed``, then per layer ``a{L}.h0 .. a{L}.h{H-1}``, ``m{L}``."""
         out = ["embed"]
         for layer in range(self.n_layers):
             out += [f"a{layer}.h{h}" for h in range(self.n_heads)] + [f"m{layer}"]
@@ -78,6 +79,7 @@ class Layout:
 
     @property
     def targets(self) -> list[str]:
+        """Target node names in index order: the sources without ``embed``, then ``logits``."""
         return self.sources[1:] + ["logits"]
 
     def n_src(self) -> list[int]:
@@ -88,7 +90,14 @@ class Layout:
             out += [1 + layer * h1] * self.n_heads + [1 + layer * h1 + self.n_heads]
         return out + [1 + self.n_layers * h1]
 
+    def valid(self) -> Tensor:
+        """``[source, target]`` bool: True where source ``s`` feeds target ``t`` (an edge of the graph)."""
+        import torch
+
+        return torch.arange(len(self.sources))[:, None] < torch.tensor(self.n_src())[None, :]
+
     def layers(self, names: list[str]) -> list[int]:
+        """The layer of each node name (see :func:`deltalens.circuits.graph.node_layer`)."""
         from deltalens.circuits.graph import node_layer
 
         return [node_layer(n, self.n_layers) for n in names]
@@ -120,10 +129,6 @@ def _batches(model: HookedModel, clean: Any, corrupted: Any) -> tuple[Batch, Bat
     return a, b
 
 
-def _single(models: Any) -> bool:
-    return not isinstance(models, Mapping | Sequence) or isinstance(models, str)
-
-
 # ---------------------------------------------------------------- activations and gradients
 def node_outputs(model: HookedModel, batch: Batch) -> Float[Tensor, "batch pos source d_model"]:
     """Every source node's output, stacked in :class:`Layout` source order, on the model's device."""
@@ -142,19 +147,32 @@ def node_outputs(model: HookedModel, batch: Batch) -> Float[Tensor, "batch pos s
     return torch.cat(parts, 2)
 
 
+def _own_qkv(
+    nodes: NodeModules, layer: int, xs: Float[Tensor, "batch pos head d_model"]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Each head's own query and each key / value head's own key / value, from the heads' input copies ``xs``.
+
+    Returns ``(q [batch, pos, d_head, head], k, v [batch, pos, d_head, kv_head])``; a key / value
+    head reads the mean of its query heads' copies (without grouped-query attention, each head's own).
+    """
+    h, g = nodes.n_heads, nodes.n_kv_heads
+    q, k, v = nodes.qkv(layer, xs)
+    if g != h:  # the group mean of a group of one is xs itself: k, v of the call above
+        _, k, v = nodes.qkv(layer, xs.unflatten(-2, (g, h // g)).mean(-2))
+    return q.diagonal(dim1=-3, dim2=-2), k.diagonal(dim1=-3, dim2=-2), v.diagonal(dim1=-3, dim2=-2)
+
+
 def _head_pullback(
     nodes: NodeModules, layer: int, resid: Tensor, gq: Tensor, gk: Tensor, gv: Tensor
 ) -> Tensor:
     """``[batch, pos, head, d_model]``: d metric / d (each head's own copy of ``resid``)."""
     import torch
 
-    h, g = nodes.n_heads, nodes.n_kv_heads
+    h = nodes.n_heads
     with torch.enable_grad():
         xs = resid.detach().clone()[..., None, :].expand(*resid.shape[:-1], h, resid.shape[-1])
         xs = xs.clone().requires_grad_(True)
-        q = nodes.qkv(layer, xs)[0].diagonal(dim1=-3, dim2=-2)  # [b, p, d_head, head]
-        _, k, v = nodes.qkv(layer, xs.unflatten(-2, (g, h // g)).mean(-2))
-        k, v = k.diagonal(dim1=-3, dim2=-2), v.diagonal(dim1=-3, dim2=-2)
+        q, k, v = _own_qkv(nodes, layer, xs)  # [b, p, d_head, head | kv_head]
         total = sum((a * b.transpose(-1, -2)).sum() for a, b in ((q, gq), (k, gk), (v, gv)))
         (grad,) = torch.autograd.grad(total, xs)
     return grad
@@ -179,8 +197,6 @@ def input_gradients(
     """
     import torch
 
-    from deltalens.hooks.nodes import flow_gradients
-
     n = model.n_layers
     names = [
         f"blocks.{lay}.{h}" for lay in range(n) for h in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
@@ -189,16 +205,18 @@ def input_gradients(
         f"blocks.{n - 1}.hook_resid_post"
     ]
     with model.hooks(edits or {}):
-        g = flow_gradients(model, batch, metric, names)
+        acts, grads = model.gradients(
+            batch.input_ids, metric, names, attention_mask=batch.attention_mask, return_activations=True, device=None
+        )
     out = []
     for layer in range(n):
         b = f"blocks.{layer}"
-        pre = g[f"{b}.hook_resid_pre"][0]
-        gq, gk, gv = (g[f"{b}.attn.hook_{c}"][1] for c in "qkv")
+        pre = acts[f"{b}.hook_resid_pre"]
+        gq, gk, gv = (grads[f"{b}.attn.hook_{c}"] for c in "qkv")
         out.append(_head_pullback(nodes, layer, pre, gq, gk, gv))
-        mid = pre + g[f"{b}.hook_attn_out"][0]
-        out.append(_mlp_pullback(nodes, layer, mid, g[f"{b}.hook_mlp_out"][1])[:, :, None])
-    out.append(g[f"blocks.{n - 1}.hook_resid_post"][1][:, :, None])
+        mid = pre + acts[f"{b}.hook_attn_out"]
+        out.append(_mlp_pullback(nodes, layer, mid, grads[f"{b}.hook_mlp_out"])[:, :, None])
+    out.append(grads[f"blocks.{n - 1}.hook_resid_post"][:, :, None])
     return torch.cat(out, 2)
 
 
@@ -234,18 +252,14 @@ def edge_scores(
         )
         grads = grads / steps
     scores = torch.einsum("bpsd,bptd->st", delta.double(), grads.double())
-    lay = Layout(model.n_layers, nodes.n_heads)
-    valid = torch.arange(scores.shape[0])[:, None] < torch.tensor(lay.n_src())[None, :]
-    return scores.cpu() * valid
+    return scores.cpu() * Layout(model.n_layers, nodes.n_heads).valid()
 
 
 def _frame(scores: Tensor, lay: Layout) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
-    import torch
 
-    valid = torch.arange(scores.shape[0])[:, None] < torch.tensor(lay.n_src())[None, :]
-    t_idx, s_idx = valid.T.nonzero(as_tuple=True)  # target-major: edges grouped by target
+    t_idx, s_idx = lay.valid().T.nonzero(as_tuple=True)  # target-major: edges grouped by target
     src, tgt = np.array(lay.sources), np.array(lay.targets)
     return pd.DataFrame(
         {
@@ -293,23 +307,19 @@ def edge_attribution(
     ms = as_models(models)
     batches = {stage: _batches(m, clean, corrupted) for stage, m in ms.items()}
     lay = _common_layout(ms)
-    frames = []
-    for stage, m in tqdm(ms.items(), desc="edge attribution", disable=not progress):
-        df = _frame(edge_scores(m, *batches[stage], metric, method, steps), lay)
-        if not _single(models):
-            df.insert(0, "stage", stage)
-        frames.append(df)
-    import pandas as pd
-
+    frames = {
+        stage: _frame(edge_scores(m, *batches[stage], metric, method, steps), lay)
+        for stage, m in tqdm(ms.items(), desc="edge attribution", disable=not progress)
+    }
     meta = {
         "sign": SIGN,
         "kv": "a key/value head reads the mean of its query heads' input copies",
         "provenance": {s: m.provenance.to_dict() for s, m in ms.items()},
         **({"steps": steps} if method == "eap-ig" else {}),
-        **({"stage": next(iter(ms))} if _single(models) else {"stages": list(ms)}),
+        **({"stage": next(iter(ms))} if is_single(models) else {"stages": list(ms)}),
     }
     name = getattr(metric, "__name__", type(metric).__name__)
-    return Circuit(pd.concat(frames, ignore_index=True), lay.n_layers, lay.n_heads, method, name, meta)
+    return Circuit(join_stages(models, frames), lay.n_layers, lay.n_heads, method, name, meta)
 
 
 def _common_layout(ms: dict[str, HookedModel]) -> Layout:
@@ -382,16 +392,12 @@ class EdgePatch:
 
     def _qkv(self, layer: int, i: int, x: Tensor) -> Tensor | None:
         if layer not in self.qkv_:
-            h, g = self.nodes.n_heads, self.nodes.n_kv_heads
             t0 = self._first_target(layer)
-            c = self._removed_into(t0, t0 + h)
+            c = self._removed_into(t0, t0 + self.nodes.n_heads)
             if c is None:
                 self.qkv_[layer] = None
             else:
-                xs = self.pre[layer][:, :, None] - c
-                q = self.nodes.qkv(layer, xs)[0].diagonal(dim1=-3, dim2=-2).movedim(-1, -2)
-                _, k, v = self.nodes.qkv(layer, xs.unflatten(-2, (g, h // g)).mean(-2))
-                k, v = (t.diagonal(dim1=-3, dim2=-2).movedim(-1, -2) for t in (k, v))
+                q, k, v = (t.movedim(-1, -2) for t in _own_qkv(self.nodes, layer, self.pre[layer][:, :, None] - c))
                 self.qkv_[layer] = (q, k, v)
         new = self.qkv_[layer]
         return None if new is None else new[i].to(x.dtype)
@@ -419,7 +425,12 @@ class EdgePatch:
 def patched_metric(
     model: HookedModel, nodes: NodeModules, batch: Batch, corrupted: Tensor, removed: Tensor, metric: Callable
 ) -> float:
-    """``metric`` of the clean ``batch`` with the ``removed`` edges patched (see :class:`EdgePatch`)."""
+    """``metric`` of the clean ``batch`` with the ``removed`` edges patched (see :class:`EdgePatch`).
+
+    Args:
+        corrupted: :func:`node_outputs` of the corrupted run, ``[batch, pos, source, d_model]``.
+        removed: ``[source, target]`` bool (:class:`Layout` order), True for the edges to patch.
+    """
     patch = EdgePatch(nodes, model.n_layers, corrupted, removed)
     with model.hooks(patch.hooks()):
         logits = model.logits(batch.input_ids, attention_mask=batch.attention_mask)
@@ -466,7 +477,6 @@ def _faithfulness_one(
     progress: bool,
 ) -> pd.DataFrame:
     import pandas as pd
-    import torch
     from tqdm.auto import tqdm
 
     from deltalens.hooks.nodes import NodeModules
@@ -475,7 +485,7 @@ def _faithfulness_one(
     s_idx, t_idx = _edge_index(c, lay)
     corr = node_outputs(model, corrupted)
     m_clean, m_corr = _metric_of(model, clean, metric), _metric_of(model, corrupted, metric)
-    valid = torch.arange(len(lay.sources))[:, None] < torch.tensor(lay.n_src())[None, :]
+    valid = lay.valid()
     rows = []
     for n in tqdm(sizes, desc="faithfulness", disable=not progress):
         removed = valid.clone()
@@ -539,15 +549,11 @@ def faithfulness(
                 f"circuit is for {circuit.n_layers} layers x {circuit.n_heads} heads; model {stage!r} differs"
             )
     batches = {stage: _batches(m, clean, corrupted) for stage, m in ms.items()}
-    frames = []
-    for stage, m in ms.items():
-        df = _faithfulness_one(m, per_stage[stage], *batches[stage], metric, sizes_[stage], progress)
-        if not _single(model):
-            df.insert(0, "stage", stage)
-        frames.append(df)
-    import pandas as pd
-
-    return pd.concat(frames, ignore_index=True)
+    frames = {
+        stage: _faithfulness_one(m, per_stage[stage], *batches[stage], metric, sizes_[stage], progress)
+        for stage, m in ms.items()
+    }
+    return join_stages(model, frames)
 
 
 def _stage_circuit(circuit: Circuit, stage: str, ms: dict) -> Circuit:

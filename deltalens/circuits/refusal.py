@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from deltalens.circuits.stages import STAGE, as_models
+from deltalens.hooks.weights import WeightEdit
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -389,8 +390,10 @@ def add_direction(model: HookedModel, direction: Any, layer: int, alpha: float =
 
 
 # ---------------------------------------------------------------------------- weight orthogonalisation
-class OrthogonalizationHandle:
+class OrthogonalizationHandle(WeightEdit):
     """A weight orthogonalisation in force; :meth:`restore` writes the original tensors back.
+
+    Also a context manager. :meth:`restore` re-ties an unembedding untied for the edit.
 
     Attributes:
         label: the registry label (shown by ``model.active_edits()["weights"]``).
@@ -398,42 +401,19 @@ class OrthogonalizationHandle:
         untied: the unembedding modules given their own copy of the embedding (tied models).
     """
 
-    def __init__(self, model: HookedModel, label: str, key: int) -> None:
-        self._model, self.label, self._key = model, label, key
-        self._params: dict[str, Tensor] = {}
-        self._originals: dict[str, Tensor] = {}
+    def __init__(self, live: dict[str, Tensor], label: str) -> None:
+        super().__init__(live, label)
         self._untied: Untied | None = None
-        self.active = True
 
     @property
     def names(self) -> list[str]:
-        return list(self._originals)
+        """The canonical names of the edited tensors (empty once restored)."""
+        return self.edited
 
     @property
     def untied(self) -> int:
+        """How many modules got their own copy of a tied embedding (0 untied, or once restored)."""
         return len(self._untied) if self._untied is not None else 0
-
-    def restore(self) -> None:
-        """Write the exact original tensors back, re-tie the unembedding (idempotent)."""
-        import torch
-
-        from deltalens.hooks.weights import release_weights
-
-        if not self.active:
-            return
-        with torch.no_grad():
-            for n, orig in self._originals.items():
-                self._params[n].copy_(orig)
-        if self._untied is not None:
-            self._untied.retie()
-        self._originals, self._untied, self.active = {}, None, False
-        release_weights(self._key)
-
-    def __enter__(self) -> OrthogonalizationHandle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.restore()
 
     def __repr__(self) -> str:
         state = "active" if self.active else "restored"
@@ -476,25 +456,27 @@ def _project_out(w: Tensor, r: Tensor, axis: int) -> Tensor:
 
 
 def apply_orthogonalization(model: HookedModel, direction: Any) -> OrthogonalizationHandle:
-    """Handle-returning twin of :func:`orthogonalize` (``handle.restore()`` undoes it)."""
-    import torch
+    """Handle-returning twin of :func:`orthogonalize` (``handle.restore()`` undoes it, bit-exactly).
 
-    from deltalens.hooks.weights import claim_weights
+    Args:
+        model: a ``HookedModel`` (no live LoRA adapter, no post-normed writers).
+        direction: ``[d_model]`` (normalised here; its length does not matter).
 
+    Raises:
+        ValueError / RuntimeError: as :func:`orthogonalize`, before any weight changes.
+    """
     writers = _check_orthogonalizable(model)
     r = _unit(model, direction)
     live = model.named_weights()
     label = f"orthogonalize(r̂ ⊥, {len(writers)} writers, r̂[:2]=[{r[0]:.3g}, {r[1]:.3g}])"
-    handle = OrthogonalizationHandle(model, label, claim_weights(live, label))
+    handle = OrthogonalizationHandle(live, label)
     try:
         handle._untied = model.untie_embedding()
-        with torch.no_grad():
-            for w in writers:
-                for name, t in ((w.weight_name, w.weight), (w.bias_name, w.bias)):
-                    if name is None:
-                        continue
-                    handle._params[name], handle._originals[name] = t, t.detach().clone()
-                    t.copy_(_project_out(t, r, w.d_model_axis))
+        handle.on_restore(handle._untied.retie)
+        for w in writers:
+            for name, t in ((w.weight_name, w.weight), (w.bias_name, w.bias)):
+                if name is not None:
+                    handle.write(name, t, _project_out(t, r, w.d_model_axis))
     except BaseException:
         handle.restore()
         raise

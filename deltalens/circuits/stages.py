@@ -50,20 +50,35 @@ def _label(model: HookedModel, i: int) -> str:
     return PurePath(str(source)).name or f"model{i}" if source else f"model{i}"
 
 
+def is_single(models: Any) -> bool:
+    """True if ``models`` is one model rather than a list or dict of them (a string counts as one).
+
+    Entry points give one model's table without a ``stage`` column and several models' tables
+    joined with one (:func:`join_stages`).
+    """
+    return not isinstance(models, Mapping | Sequence) or isinstance(models, str)
+
+
+def join_stages(models: Any, frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One table from per-stage ``frames`` (``{stage: frame}``, as :func:`as_models` names the stages).
+
+    For one model (:func:`is_single` of the ``models`` the caller was given) its frame unchanged;
+    otherwise the frames joined, each with a leading ``stage`` column.
+    """
+    import pandas as pd
+
+    if is_single(models):
+        return next(iter(frames.values()))
+    out = []
+    for stage, df in frames.items():
+        df.insert(0, STAGE, stage)
+        out.append(df)
+    return pd.concat(out, ignore_index=True)
+
+
 def by_stage(models: Any, fn: Callable[[HookedModel], pd.DataFrame]) -> pd.DataFrame:
     """``fn`` on each model; with several models the frames are joined with a leading ``stage`` column.
 
     One model gives ``fn``'s frame unchanged (no ``stage`` column), as TransformerLens users expect.
     """
-    import pandas as pd
-
-    single = not isinstance(models, Mapping | Sequence) or isinstance(models, str)
-    ms = as_models(models)
-    if single:
-        return fn(next(iter(ms.values())))
-    frames = []
-    for stage, m in ms.items():
-        df = fn(m)
-        df.insert(0, STAGE, stage)
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
+    return join_stages(models, {stage: fn(m) for stage, m in as_models(models).items()})

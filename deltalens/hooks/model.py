@@ -291,6 +291,7 @@ class HookedModel:
         chat: bool = False,
         template: str | None = None,
         return_activations: bool = False,
+        device: str | torch.device | None = "cpu",
     ) -> ActivationCache | tuple[ActivationCache, ActivationCache]:
         """Gradients ``d metric(logits) / d activation`` at the named hooks, with active hooks in force.
 
@@ -299,6 +300,8 @@ class HookedModel:
             metric: ``metric(logits [batch, pos, vocab]) -> scalar tensor``.
             names: hook names (exact, glob, list or predicate).
             return_activations: also return the activations of the same forward pass.
+            device: where the gradients (and activations) go, detached (default CPU); ``None``
+                leaves them on the device the model computed them on.
 
         Returns:
             An :class:`ActivationCache` of gradients, each with its activation's shape; with
@@ -312,7 +315,9 @@ class HookedModel:
 
         chosen = resolve_names(names, self.hook_names)
         batch = self.tokenize(inputs, attention_mask, chat=chat, template=template)
-        out = activation_gradients(self._backend, self._hook_fns(), batch, metric, chosen, return_activations)
+        out = activation_gradients(
+            self._backend, self._hook_fns(), batch, metric, chosen, return_activations, device
+        )
         grads, acts, value = out if return_activations else (out, None, None)
         ids, mask, prov = batch.input_ids.cpu(), batch.attention_mask.cpu(), self.provenance.to_dict()
         meta = {"provenance": prov, "kind": "gradients"}

@@ -18,22 +18,18 @@ Example:
     >>> nodes = NodeModules(model)
     >>> q, k, v = nodes.qkv(0, resid)         # resid: [batch, pos, d_model] (or more leading dims)
     >>> out = nodes.mlp(0, resid_mid)         # [batch, pos, d_model]
-    >>> flow_gradients(model, batch, metric, ["blocks.0.attn.hook_q"])   # {name: (act, grad)}
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from deltalens.hooks.names import resolve_names
 from deltalens.hooks.weights import base_module
 
 if TYPE_CHECKING:
-    from deltalens.hooks.batch import Batch
     from deltalens.hooks.model import HookedModel
 
 EDGE_ARCHS: tuple[str, ...] = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
@@ -54,7 +50,7 @@ def check_edge_arch(model: HookedModel) -> None:
         )
 
 
-def raw_module(hf_model: nn.Module, path: str) -> nn.Module:
+def _raw_module(hf_model: nn.Module, path: str) -> nn.Module:
     """The Hugging Face module at ``path`` itself (inside any TransformerLens bridge wrapper)."""
     mod = base_module(hf_model)
     for part in path.split("."):
@@ -84,7 +80,7 @@ class NodeModules:
         """Run the module at ``path`` on ``x`` outside any running trace's bookkeeping."""
         if self._backend.name == "nnsight":
             return self._backend._envoy(path)(x)
-        return raw_module(self._hf, path)(x)
+        return _raw_module(self._hf, path)(x)
 
     def _site_call(self, hook: str, x: Tensor) -> Tensor:
         return self._call(self.arch.site(hook).path, x)
@@ -121,22 +117,3 @@ class NodeModules:
             f"d_head={self.d_head})"
         )
 
-
-def flow_gradients(
-    model: HookedModel, batch: Batch, metric: Callable[[Tensor], Tensor], names: list[str]
-) -> dict[str, tuple[Tensor, Tensor]]:
-    """``{name: (activation, d metric / d activation)}`` for one forward with the active hooks in force.
-
-    The tensors stay on the model's device, detached; see
-    :func:`deltalens.hooks.gradients.activation_gradients` (one forward, one backward).
-
-    Raises:
-        ValueError: ``metric`` did not return a scalar tensor that depends on the logits.
-    """
-    from deltalens.hooks.gradients import activation_gradients
-
-    chosen = resolve_names(names, model.hook_names)
-    grads, acts, _ = activation_gradients(
-        model._backend, model._hook_fns(), batch, metric, chosen, return_activations=True, device=None
-    )
-    return {n: (acts[n], grads[n]) for n in chosen}

@@ -21,7 +21,8 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Literal, Self
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -175,26 +176,45 @@ def is_offloaded(hf_model: nn.Module) -> bool:
     return any(p.is_meta for p in hf_model.parameters())
 
 
+def iter_offloaded_weights(hf_model: nn.Module, clone: bool = False) -> Iterator[tuple[str, Tensor]]:
+    """``(canonical name, tensor)`` for every parameter of an offloaded model, one owning module at a time.
+
+    In the order of ``named_parameters`` (tied tensors once), keys as :func:`live_weights`. Parameters
+    on a device are given as they are (detached); an offloaded one is read from where accelerate
+    keeps it (CPU memory or disk) while its owning module is brought to the CPU, so only one
+    module's offloaded weights are held at a time. Such a tensor may share storage with
+    accelerate's offload copy: read it, or pass ``clone=True`` for a copy (editing it changes
+    nothing in the model).
+    """
+    from itertools import groupby
+
+    from accelerate.utils import align_module_device
+
+    for owner, group in groupby(hf_model.named_parameters(), key=lambda item: item[0].rpartition(".")[0]):
+        params = list(group)
+        if not any(p.is_meta for _, p in params):
+            yield from ((canonical_name(n), p.detach()) for n, p in params)
+            continue
+        mod = hf_model.get_submodule(owner)
+        with align_module_device(mod, "cpu"):
+            for n, p in params:
+                if not p.is_meta:
+                    yield canonical_name(n), p.detach()
+                    continue
+                t = getattr(mod, n.rpartition(".")[2]).detach()
+                yield canonical_name(n), t.clone() if clone else t
+
+
 def offloaded_weights(hf_model: nn.Module) -> dict[str, Tensor]:
     """Every parameter of an offloaded model, read from where accelerate keeps it, as CPU copies.
 
-    Keys are canonical names (as :func:`live_weights`); tied tensors appear once, as there. The
-    offloaded ones are copies (editing them changes nothing in the model), read one owning
-    module at a time.
+    Keys are canonical names (as :func:`live_weights`); tied tensors appear once, as there. Each
+    value has its parameter's shape (``[out, in]`` / ``[in, out]`` as stored, ``[n]`` for biases and
+    norms); the offloaded ones are copies on the CPU (editing them changes nothing in the model),
+    read one owning module at a time (:func:`iter_offloaded_weights`), but all of them are held at
+    once: to scan a model without holding it in memory, iterate :func:`iter_offloaded_weights`.
     """
-    from accelerate.utils import align_module_device
-
-    names = [n for n, _ in hf_model.named_parameters()]
-    out = {n: p.detach() for n, p in hf_model.named_parameters() if not p.is_meta}
-    owners: dict[str, list[str]] = {}
-    for n in names:
-        if n not in out:
-            owners.setdefault(n.rpartition(".")[0], []).append(n)
-    for owner, params in owners.items():
-        mod = hf_model.get_submodule(owner)
-        with align_module_device(mod, "cpu"):
-            out.update({n: getattr(mod, n.rpartition(".")[2]).detach().clone() for n in params})
-    return {canonical_name(n): out[n] for n in names}
+    return dict(iter_offloaded_weights(hf_model, clone=True))
 
 
 _WEIGHT_EDITS: dict[int, str] = {}  # id of a model's first live parameter -> label of the edit in force
@@ -223,3 +243,75 @@ def release_weights(key: int) -> None:
 def weight_edit(live: dict[str, Tensor]) -> str | None:
     """The label of the weight edit in force on the model owning ``live``, or None."""
     return _WEIGHT_EDITS.get(id(next(iter(live.values())))) if live else None
+
+
+class WeightEdit:
+    """A reversible in-place edit of a model's live weight tensors, registered with the weight-edit registry.
+
+    Making one claims the model (:func:`claim_weights`: a second edit in force is refused).
+    :meth:`write` keeps each tensor's original (once, before its first write) and copies the new
+    value in; :meth:`restore` writes the exact originals back under ``torch.no_grad``, runs the undo
+    callbacks added with :meth:`on_restore` and releases the claim. Also a context manager.
+
+    Attributes:
+        label: the registry label (shown by ``model.active_edits()["weights"]``).
+        active: True until :meth:`restore`.
+
+    Raises:
+        RuntimeError: another weight edit is in force on the model owning ``live``.
+
+    Example:
+        >>> with WeightEdit(model.named_weights(), "zero bias") as e:
+        ...     e.write("lm_head.bias", live["lm_head.bias"], torch.zeros(vocab))
+    """
+
+    def __init__(self, live: dict[str, Tensor], label: str) -> None:
+        self._key = claim_weights(live, label)
+        self.label = label
+        self._params: dict[str, Tensor] = {}
+        self._originals: dict[str, Tensor] = {}
+        self._undo: list[Callable[[], object]] = []
+        self.active = True
+
+    @property
+    def edited(self) -> list[str]:
+        """The canonical names of the tensors written so far (empty once restored)."""
+        return list(self._originals)
+
+    def save(self, name: str, param: Tensor) -> Tensor:
+        """Keep a copy of ``param``'s current value as the original of ``name`` (once) and return it."""
+        if name not in self._originals:
+            self._params[name], self._originals[name] = param, param.detach().clone()
+        return self._originals[name]
+
+    def write(self, name: str, param: Tensor, new: Tensor) -> None:
+        """Copy ``new`` into the live ``param`` (canonical name ``name``), its original kept first."""
+        import torch
+
+        self.save(name, param)
+        with torch.no_grad():
+            param.copy_(new)
+
+    def on_restore(self, fn: Callable[[], object]) -> None:
+        """Run ``fn()`` in :meth:`restore`, after the originals are written back (in the order added)."""
+        self._undo.append(fn)
+
+    def restore(self) -> None:
+        """Write the exact original tensors back, run the undo callbacks, release the claim (idempotent)."""
+        import torch
+
+        if not self.active:
+            return
+        with torch.no_grad():
+            for n, orig in self._originals.items():
+                self._params[n].copy_(orig)
+        for fn in self._undo:
+            fn()
+        self._originals, self._undo, self.active = {}, [], False
+        release_weights(self._key)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()

@@ -95,11 +95,8 @@ def _module_writer(
 ) -> Writer:
     """The attention (``kind="attn"``) or MLP output projection of one block.
 
-    ``Conv1D`` storage is recognised from the module type and from the name: the TransformerLens
-    bridge renames GPT-2's wrapped ``attn.c_proj`` module, so the type alone misses it there.
+    ``conv1d``: the canonical names of the weights stored ``[in, out]`` (GPT-2 ``Conv1D``).
     """
-    from deltalens.hooks.weights import is_conv1d_name
-
     inner = "attn.hook_z" if kind == "attn" else "mlp.hook_post"
     out_hook = f"blocks.{layer}.hook_{kind}_out"
     path = arch.site(f"blocks.{layer}.{inner}").path
@@ -114,7 +111,7 @@ def _module_writer(
         module=path,
         weight_name=wname,
         weight=live[wname],
-        d_model_axis=1 if wname in conv1d or is_conv1d_name(wname) else 0,
+        d_model_axis=1 if wname in conv1d else 0,
         bias_name=bname if bname in live else None,
         bias=live.get(bname),
         post_norm=post_norm,
@@ -128,7 +125,7 @@ def _embed_writer(arch: ArchSpec, live: dict[str, Tensor], hook: str) -> Writer:
     return Writer(name, -1, name, hook, path, wname, live[wname], 1)
 
 
-def writers_of(arch: ArchSpec, live: dict[str, Tensor], n_layers: int, conv1d: set[str]) -> list[Writer]:
+def _writers_of(arch: ArchSpec, live: dict[str, Tensor], n_layers: int, conv1d: set[str]) -> list[Writer]:
     """The residual writers of a model given its arch spec and live weights (canonical names).
 
     Raises:
@@ -140,7 +137,7 @@ def writers_of(arch: ArchSpec, live: dict[str, Tensor], n_layers: int, conv1d: s
     return out
 
 
-def residual_writers(model: Any, merged: bool = False) -> list[Writer]:
+def residual_writers(model: Any, merged: bool = False, live: dict[str, Tensor] | None = None) -> list[Writer]:
     """Every tensor that writes into the residual stream, in forward order.
 
     Args:
@@ -149,6 +146,8 @@ def residual_writers(model: Any, merged: bool = False) -> list[Writer]:
         merged: with a live (unmerged) LoRA adapter, return merged copies of the weights (read-only
             use, e.g. attribution); without it such a model raises, since its live tensors are not
             its effective weights.
+        live: the model's weights by canonical name, if the caller already has them
+            (``model.named_weights(merged=merged)``); read from the model otherwise.
 
     Returns:
         ``[Writer("embed"), (Writer("pos_embed"),) Writer("a0"), Writer("m0"), Writer("a1"), ...]``.
@@ -160,15 +159,15 @@ def residual_writers(model: Any, merged: bool = False) -> list[Writer]:
     from deltalens.hooks.weights import base_module, live_weights, transposed_weights
 
     if hasattr(model, "named_weights") and hasattr(model, "hf_model"):
-        live = model.named_weights(merged=merged)
-        hf = base_module(model.hf_model)
+        live = model.named_weights(merged=merged) if live is None else live
+        hf, conv1d = base_module(model.hf_model), model.transposed_weights
     else:
-        live = live_weights(model, merged=merged)
-        hf = base_module(model)
+        live = live_weights(model, merged=merged) if live is None else live
+        hf, conv1d = base_module(model), transposed_weights(model)
     cfg = getattr(hf.config, "text_config", None) or hf.config
     arch = arch_for(hf.config)
     n_layers = int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
-    return writers_of(arch, live, n_layers, transposed_weights(hf))
+    return _writers_of(arch, live, n_layers, conv1d)
 
 
 class Untied:

@@ -153,14 +153,21 @@ def patch(
         handle.remove()
 
 
-def logit_diff(good: int | Sequence[int], bad: int | Sequence[int], position: int = -1) -> Metric:
-    """A metric: mean over the batch of ``logit[good] − logit[bad]`` at ``position``.
+def logit_diff_metric(
+    good: int | Sequence[int], bad: int | Sequence[int], position: int = -1
+) -> Callable[[Tensor], Tensor]:
+    """A differentiable metric: mean over the batch of ``logit[good] − logit[bad]`` at ``position``.
+
+    The metric maps logits ``[batch, pos, vocab]`` to a scalar tensor (float32, with the logits'
+    graph), so it can be differentiated (attribution patching, edge attribution); :func:`logit_diff`
+    is its float-valued twin. ``good`` / ``bad`` may be one id or one id per row. With left padding
+    ``position=-1`` is each row's last real token.
 
     Example:
-        >>> metric = logit_diff(tok.encode(" Paris")[0], tok.encode(" Rome")[0])
+        >>> metric = logit_diff_metric(tok.encode(" Paris")[0], tok.encode(" Rome")[0])
     """
 
-    def metric(logits: Float[Tensor, "batch pos vocab"]) -> float:
+    def metric(logits: Float[Tensor, "batch pos vocab"]) -> Tensor:
         last = logits[:, position].float()
         g = torch.as_tensor(good, device=last.device).reshape(-1)
         b = torch.as_tensor(bad, device=last.device).reshape(-1)
@@ -169,7 +176,23 @@ def logit_diff(good: int | Sequence[int], bad: int | Sequence[int], position: in
         if b.numel() == 1:
             b = b.expand(last.shape[0])
         rows = torch.arange(last.shape[0], device=last.device)
-        return float((last[rows, g] - last[rows, b]).mean())
+        return (last[rows, g] - last[rows, b]).mean()
+
+    return metric
+
+
+def logit_diff(good: int | Sequence[int], bad: int | Sequence[int], position: int = -1) -> Metric:
+    """A metric: mean over the batch of ``logit[good] − logit[bad]`` at ``position``, as a float.
+
+    The float of :func:`logit_diff_metric`'s value.
+
+    Example:
+        >>> metric = logit_diff(tok.encode(" Paris")[0], tok.encode(" Rome")[0])
+    """
+    diff = logit_diff_metric(good, bad, position)
+
+    def metric(logits: Float[Tensor, "batch pos vocab"]) -> float:
+        return float(diff(logits))
 
     return metric
 

@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
+from deltalens.hooks.weights import WeightEdit
 from deltalens.interventions.bases import Basis
-from deltalens.interventions.checks import At, check_basis, check_live, claim, live_params, locate, release
+from deltalens.interventions.checks import At, check_basis, check_live, live_params, locate
 from deltalens.interventions.delta import LowRank, WeightDelta
 from deltalens.interventions.energies import MODES, Mode
 from deltalens.interventions.modules import ModulesArg, select_names
@@ -62,36 +63,21 @@ def projected(e: Tensor | LowRank | None, L: Tensor, mode: Mode) -> Tensor | Low
 
 
 # ---------------------------------------------------------------------------- the edit
-class ProjectionHandle:
+class ProjectionHandle(WeightEdit):
     """A weight edit in force on a model; :meth:`restore` writes the original tensors back.
 
     Also a context manager (``with apply_projection(...) as h:``).
+
+    Attributes:
+        label: the registry label (shown by ``model.active_edits()["weights"]``).
+        energy_kept: E_k of the projected tensors (NaN if Δ_T is zero there).
+        names: the canonical names of the edited tensors (kept after :meth:`restore`).
     """
 
-    def __init__(
-        self, params: dict[str, Tensor], originals: dict[str, Tensor], label: str, energy: float, key: int
-    ) -> None:
-        self._params, self._originals, self._key = params, originals, key
-        self.label, self.energy_kept = label, energy
-        self.names = list(originals)
-        self.active = True
-
-    def restore(self) -> None:
-        """Write the exact original tensors back (idempotent)."""
-        if not self.active:
-            return
-        with torch.no_grad():
-            for n, orig in self._originals.items():
-                self._params[n].copy_(orig)
-        self.active = False
-        self._originals = {}
-        release(self._key)
-
-    def __enter__(self) -> ProjectionHandle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.restore()
+    def __init__(self, live: dict[str, Tensor], label: str) -> None:
+        super().__init__(live, label)
+        self.energy_kept = float("nan")
+        self.names: list[str] = []
 
     def __repr__(self) -> str:
         return (
@@ -138,22 +124,18 @@ def check_outside(outside: str) -> None:
 
 
 def _checked_vectors(
-    key: int, live: dict[str, Tensor], task_delta: WeightDelta, basis: Basis, names: list[str], at: At, check: bool
+    live: dict[str, Tensor], task_delta: WeightDelta, basis: Basis, names: list[str], at: At, check: bool
 ) -> tuple[str, dict[str, Tensor]]:
     """Check model, delta and basis, then resolve every basis (each SVD) before a weight changes.
 
-    Returns ``(where, vectors)``; on any error the claim ``key`` is released and the error re-raised.
+    Returns ``(where, vectors)``.
     """
     all_names = list(task_delta)
-    try:
-        check_live(live, task_delta, all_names)
-        if check:
-            check_basis(basis, task_delta, names)
-        where = locate(live, task_delta, all_names, at)
-        return where, {n: basis.vectors(n) for n in names}
-    except BaseException:
-        release(key)
-        raise
+    check_live(live, task_delta, all_names)
+    if check:
+        check_basis(basis, task_delta, names)
+    where = locate(live, task_delta, all_names, at)
+    return where, {n: basis.vectors(n) for n in names}
 
 
 def _edited(all_names: list[str], chosen: set[str], where: str, outside: Outside, alpha: float) -> list[str]:
@@ -164,11 +146,11 @@ def _edited(all_names: list[str], chosen: set[str], where: str, outside: Outside
     return [n for n in all_names if n in chosen or not settled]
 
 
-def _write_one(param: Tensor, orig: Tensor, name: str, edit: _Edit) -> tuple[float, float]:
-    """Write ``W_ref + α·P(Δ_T)`` (projected tensors), ``W_ref`` or ``W_ref + α Δ_T`` (the others).
+def _new_value(orig: Tensor, name: str, edit: _Edit) -> tuple[Tensor, float, float]:
+    """``W_ref + α·P(Δ_T)`` (projected tensors), ``W_ref`` or ``W_ref + α Δ_T`` (the others), from the original.
 
     Returns:
-        ``(‖P Δ_T‖²_F, ‖Δ_T‖²_F)`` of a projected tensor, ``(0.0, 0.0)`` for the others.
+        ``(new value, ‖P Δ_T‖²_F, ‖Δ_T‖²_F)``; the norms are ``(0.0, 0.0)`` for a tensor not projected.
     """
     w = reference_weight(orig, edit.delta, name, edit.where)
     upd: Tensor | LowRank | None = None
@@ -180,17 +162,16 @@ def _write_one(param: Tensor, orig: Tensor, name: str, edit: _Edit) -> tuple[flo
         upd = edit.delta.oriented(name)
     if upd is not None:
         w = w.add(_to_stored(upd, name, edit.delta).to(w.device), alpha=edit.alpha)
-    param.copy_(w)
-    return kept, total
+    return w, kept, total
 
 
-def _write_all(live: dict[str, Tensor], names: list[str], edit: _Edit, originals: dict[str, Tensor]) -> float:
-    """Save each tensor's original into ``originals`` and write its edit; returns E_k (NaN if ΔT is 0)."""
+def _write_all(handle: WeightEdit, live: dict[str, Tensor], names: list[str], edit: _Edit) -> float:
+    """Write each tensor's edit through ``handle`` (which keeps its original); returns E_k (NaN if ΔT is 0)."""
     kept = total = 0.0
     with torch.no_grad():
         for n in names:
-            originals[n] = live[n].detach().clone()
-            k, t = _write_one(live[n], originals[n], n, edit)
+            w, k, t = _new_value(handle.save(n, live[n]), n, edit)
+            handle.write(n, live[n], w)
             kept, total = kept + k, total + t
     return kept / total if total else float("nan")
 
@@ -239,18 +220,16 @@ def apply_projection(
     names = select_names(all_names, modules, task_delta.shapes)
     live = live_params(model)
     label = f"{basis.describe()} {mode} α={alpha}"
-    key = claim(live, label)
-    where, vecs = _checked_vectors(key, live, task_delta, basis, names, at, check)
-    edit = _Edit(task_delta, vecs, where, mode, alpha, outside)
-    originals: dict[str, Tensor] = {}
-    handle = ProjectionHandle(live, originals, label, float("nan"), key)
+    handle = ProjectionHandle(live, label)
     try:
-        energy = _write_all(live, _edited(all_names, set(names), where, outside, alpha), edit, originals)
+        where, vecs = _checked_vectors(live, task_delta, basis, names, at, check)
+        edit = _Edit(task_delta, vecs, where, mode, alpha, outside)
+        energy = _write_all(handle, live, _edited(all_names, set(names), where, outside, alpha), edit)
     except BaseException:
         handle.restore()
         raise
     handle.energy_kept = energy
-    handle.names = list(originals)
+    handle.names = handle.edited
     return handle
 
 
