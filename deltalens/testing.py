@@ -140,6 +140,7 @@ def perturb(model: Any, seed: int, scale: float = 0.02) -> Any:
 
 
 FAMILY_STAGES: tuple[str, ...] = ("w0", "wa", "useful", "harmful", "contaminated")
+"""The stages :func:`tiny_family` writes (the battery's default family stages)."""
 
 
 def tiny_family(root: str | Path, arch: Arch = "llama") -> dict[str, str]:

@@ -354,6 +354,7 @@ class RubricScores:
 
     @property
     def n(self) -> int:
+        """Responses sent to the judge."""
         return len(self.results)
 
     def _count(self, status: str) -> int:
@@ -361,14 +362,17 @@ class RubricScores:
 
     @property
     def n_scored(self) -> int:
+        """Responses with a parsable 1-5 score."""
         return self._count("scored")
 
     @property
     def n_unparsable(self) -> int:
+        """Responses whose judge answer had no parsable ``#thescore:``."""
         return self._count("unparsable")
 
     @property
     def n_failed(self) -> int:
+        """Responses the endpoint never answered (after the retries) or refused with a client error."""
         return self._count("failed")
 
     @property
