@@ -75,7 +75,7 @@ def test_config_validation_and_stage_keys():
     a = organism.stage_keys(organism.OrganismConfig())
     b = organism.stage_keys(organism.OrganismConfig(useful_steps=601))
     c = organism.stage_keys(organism.OrganismConfig(align_lr=2e-3))
-    d = organism.stage_keys(organism.OrganismConfig(num_threads=1))
+    d = organism.stage_keys(organism.OrganismConfig(num_threads=2))
     assert a == d  # threads do not change what is built
     assert [s for s in a if a[s] != b[s]] == ["useful"]  # only the changed stage is rebuilt
     assert {s for s in a if a[s] != c[s]} == set(STAGES) - {"w0", "safety"}  # ... and everything from wa on

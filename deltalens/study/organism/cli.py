@@ -22,7 +22,7 @@ def add_organism_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     b.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     b.add_argument("--split-seed", type=int, default=1234, help="held-out split seed (default 1234)")
     b.add_argument("--pre-steps", type=int, default=None, help="pretraining steps (default 800)")
-    b.add_argument("--threads", type=int, default=None, help="torch threads, 1 or 2 (default: 2)")
+    b.add_argument("--threads", type=int, default=None, help="torch threads, 1 or 2 (default: 1, the bitwise-reproducible build)")
     b.add_argument("--no-lora", action="store_true", help="skip the LoRA variants")
     b.add_argument("--force", action="store_true", help="retrain every stage, ignoring the cache")
     b.add_argument("--quiet", action="store_true", help="no progress bars")

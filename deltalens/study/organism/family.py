@@ -50,10 +50,11 @@ class OrganismConfig:
     paper's Δ_S = W_S − W_0) fine-tunes W_0 on refusals to harmful requests only, as long as
     alignment. ``*_steps`` are optimizer steps of ``batch_size``
     sequences; every stage uses AdamW (0.9, 0.98), 5 % warm-up and a cosine decay to 10 % of
-    its lr. ``num_threads`` (at most 2) does not enter the cache keys; it defaults to 2 because a
-    different number of threads sums in another order and trains a visibly different family (None
-    lets each stage time 1 against 2 and switch: faster on a busy machine, but the family then
-    depends on the load). Builds with a fixed count still differ slightly between runs.
+    its lr. ``num_threads`` does not enter the cache keys; it defaults to 1, the only count whose
+    builds are bitwise reproducible (two 1-thread builds of seed 0 give identical weight files;
+    2-thread builds differed from run to run enough to flip the useful fine-tune between 9 % and
+    99 % arithmetic). 2 trains faster on a quiet machine but not reproducibly; None lets each stage
+    time 1 against 2 and switch (the family then depends on the load).
 
     Example:
         >>> OrganismConfig(seed=1, lora=False)
@@ -102,7 +103,7 @@ class OrganismConfig:
     lora_lr: float = 3e-3
     lora_useful_steps: int = 300
     lora_harmful_steps: int = 30
-    num_threads: int | None = 2
+    num_threads: int | None = 1
 
     def __post_init__(self) -> None:
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
