@@ -219,7 +219,7 @@ def section(title: str, res: dict, names: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--organism-dir", default="/tmp/org2")
+    ap.add_argument("--organism-dir", default=None, help="an organism build (default: the cached seed-0 build)")
     ap.add_argument("--smollm2-dir", default=str(SMOL_DIR), help="'none' to skip")
     ap.add_argument("--n", type=int, default=32, help="prompts per split and kind")
     ap.add_argument("--smol-eval", type=int, default=16, help="SmolLM2 validation / held-out prompts per kind")
@@ -234,7 +234,9 @@ def main() -> None:
     parts = ["# Refusal direction (Arditi et al. 2024) across checkpoints",
              f"`python benchmarks/refusal_direction.py --n {args.n}` (CPU, {torch.get_num_threads()} threads)."]  # fmt: skip
     if args.only != "smollm2":
-        fam = organism_family(args.organism_dir, args.n)
+        from deltalens.data.files import cache_dir
+
+        fam = organism_family(args.organism_dir or str(cache_dir() / "organism-seed0"), args.n)
         parts.append(section("Model organism (organism.build(seed=0))", evaluate_family(*fam[:7]), fam[7]))
     smol = Path(args.smollm2_dir).expanduser()
     if args.only == "organism":

@@ -205,10 +205,11 @@ def test_attribution_tracks_activation_patching_on_the_organism(organism_family)
     """On W_A, harmful requests (clean) vs the same requests with a benign verb (corrupted), metric
     logit(I) − logit(Sure): attribution patching vs real patching, per head and per residual position.
 
-    Measured (seed-0 organism, 16 pairs of 11 / 12 / 14 tokens): Pearson 0.90 / 0.93 / 0.94 over the
-    16 heads, 0.92 / 0.92 / 0.92 over the layer × position residual sites (n = 48 / 52 / 60). The
-    thresholds (0.7; 0.8 for Spearman) leave room for the small build-to-build differences of the
-    family; a sign error or a wrong position would give a correlation near 0 or negative.
+    Measured (seed-0 organism, 16 pairs of 11 / 12 / 14 tokens): Pearson 0.90 / 0.95 / 0.96 over the
+    16 heads, 0.90 / 0.91 / 0.90 over the layer × position residual sites (n = 48 / 52 / 60); Spearman
+    0.97 / 0.95 / 0.92 and 0.999. The build is reproducible (one training thread); the thresholds (0.7;
+    0.8 for Spearman) leave room for other torch versions and CPUs. A sign error or a wrong position
+    gives a correlation near 0 or negative.
     """
     import numpy as np
     from scipy.stats import pearsonr, spearmanr

@@ -16,16 +16,23 @@ PROMISES = {
         "assert top.loc[('harmful', 0.99), 'harm'] > top.loc[('harmful', 0.01), 'harm'], top"
     ),
     # notebook 04 says attribution patching tracks real patching per head, the full circuit is faithful,
-    # the harmful fine-tune rotates the refusal direction while the useful one keeps it, adding the
-    # direction makes W_A refuse benign requests and ablating it shrinks its refusal margin
+    # every fine-tune shortens W_A's refusal direction and turns it (on these prompts the harmful one
+    # less than the useful one), adding the direction makes W_A open benign answers with the refusal token,
+    # and ablating it shrinks W_A's refusal margin without removing it. The organism build is
+    # bitwise reproducible (one training thread), so these are the numbers every build gives.
     "04_circuits_across_checkpoints": (
         "assert corr > 0.7, corr\n"
         "f = faith.set_index(['stage', 'n_edges']).fraction\n"
         "assert abs(f.loc[('wa', int(faith.n_edges.max()))] - 1) < 1e-3 and abs(f.loc[('wa', 0)]) < 1e-3, f\n"
-        "cos = stats[stats.layer == 2].set_index('stage').cosine\n"
-        "assert cos['useful'] > 0.7 > 0.6 > cos['harmful'], cos  # builds differ slightly: 0.83-0.92 seen\n"
-        "assert effect['harmless how-to, direction added'][1] > effect['harmless how-to'][1] + 0.5, effect\n"
-        "assert effect['harmful, direction ablated'][0] < 0.5 * effect['harmful'][0], effect"
+        "st = stats[stats.layer == 2].set_index('stage')\n"
+        "assert (st.drop('wa').norm_ratio < 1 / 3).all() and st.norm_ratio['safety'] < 0.1, st\n"
+        "assert (st.drop('wa').cosine < 0.8).all() and st.cosine['harmful'] > st.cosine['useful'], st\n"
+        "added, plain = effect['harmless how-to, direction added'], effect['harmless how-to']\n"
+        "assert plain[0] < 0 < added[0] and added[1] > 0.9 > 0.5 > added[2], effect\n"
+        "ablated, harmful = effect['harmful, direction ablated'], effect['harmful']\n"
+        "assert 0 < ablated[0] < 0.9 * harmful[0] and ablated[2] > 0.9, effect\n"
+        "m = dla[dla.component.str.startswith('m')].groupby(['stage', 'component']).attribution.mean()\n"
+        "assert (m['wa'] > 0).all() and (m['harmful'] < 0).all() and m['wa'].idxmax() == 'm3', m"
     ),
 }
 NOISE = ("TqdmWarning", "IProgress not found")
