@@ -246,3 +246,16 @@ def test_transformer_lens_generate_equals_plain_hf_generate_with_kv_cache(arch):
         with torch.no_grad():
             for k, w in weights.items():
                 w.copy_(saved[k])
+
+
+def test_last_index_follows_the_mask_on_either_padding_side():
+    """``last_index`` = the position of each row's last 1, checked against a plain loop."""
+    from deltalens.hooks.batch import last_index
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 9, (16,), generator=g).tolist()
+    left = torch.tensor([[0] * (8 - n) + [1] * n for n in lengths])
+    right = torch.tensor([[1] * n + [0] * (8 - n) for n in lengths])
+    for mask in (left, right):
+        expected = [max(i for i, v in enumerate(row) if v) for row in mask.tolist()]
+        assert last_index(mask).tolist() == expected

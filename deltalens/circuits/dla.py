@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from deltalens.circuits.stages import by_stage
+from deltalens.hooks.names import TOP_HOOKS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -148,7 +149,7 @@ def _post_gain(
 
 
 def _hook_names(model: HookedModel, by: str, post_norm: bool) -> list[str]:
-    names = [n for n in ("hook_embed", "hook_pos_embed") if n in model.hook_names] + ["ln_final.hook_scale"]
+    names = [n for n in TOP_HOOKS if n in model.hook_names] + ["ln_final.hook_scale"]
     attn = "attn.hook_result" if by == "head" or post_norm else "hook_attn_out"
     mlp = ["mlp.hook_post"] if by == "neuron" or post_norm else []
     mlp += ["hook_mlp_out"] if by != "neuron" and not post_norm else []

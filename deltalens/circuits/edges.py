@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from deltalens.circuits.stages import as_models, is_single, join_stages
+from deltalens.hooks.names import TOP_HOOKS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -132,14 +133,20 @@ def _batches(model: HookedModel, clean: Any, corrupted: Any) -> tuple[Batch, Bat
 # ---------------------------------------------------------------- activations and gradients
 def node_outputs(model: HookedModel, batch: Batch) -> Float[Tensor, "batch pos source d_model"]:
     """Every source node's output, stacked in :class:`Layout` source order, on the model's device."""
+    return _stack_sources(model, _source_cache(model, batch))
+
+
+def _source_cache(model: HookedModel, batch: Batch, extra: Sequence[str] = ()) -> dict[str, Tensor]:
+    """One forward pass caching the source nodes' outputs (and the hooks ``extra``), on the model's device."""
+    names = ["blocks.0.hook_resid_pre", "blocks.*.attn.hook_result", "blocks.*.hook_mlp_out", *extra]
+    return model.run_with_cache(batch.input_ids, names, attention_mask=batch.attention_mask, device=model.device)
+
+
+def _stack_sources(model: HookedModel, cache: dict[str, Tensor]) -> Float[Tensor, "batch pos source d_model"]:
     import torch
 
-    n = model.n_layers
-    names = ["blocks.0.hook_resid_pre", "blocks.*.attn.hook_result", "blocks.*.hook_mlp_out"]
-    dev = model.device
-    cache = model.run_with_cache(batch.input_ids, names, attention_mask=batch.attention_mask, device=dev)
     parts = [cache["blocks.0.hook_resid_pre"][:, :, None]]
-    for layer in range(n):
+    for layer in range(model.n_layers):
         parts += [
             cache[f"blocks.{layer}.attn.hook_result"],
             cache[f"blocks.{layer}.hook_mlp_out"][:, :, None],
@@ -220,12 +227,10 @@ def input_gradients(
     return torch.cat(out, 2)
 
 
-def _interpolation(model: HookedModel, clean: Batch, corrupted: Batch) -> Callable[[float], dict]:
-    """``alpha -> hooks`` setting the input embeddings to ``corrupted + alpha (clean - corrupted)``."""
-    names = [n for n in ("hook_embed", "hook_pos_embed") if n in model.hook_names]
-    dev = model.device
-    a = model.run_with_cache(clean.input_ids, names, attention_mask=clean.attention_mask, device=dev)
-    b = model.run_with_cache(corrupted.input_ids, names, attention_mask=corrupted.attention_mask, device=dev)
+def _interpolation(names: Sequence[str], clean: dict, corrupted: dict) -> Callable[[float], dict]:
+    """``alpha -> hooks`` setting the input embeddings ``names`` to ``corrupted + alpha (clean - corrupted)``,
+    from the two runs' caches of them."""
+    a, b = clean, corrupted
 
     def hooks(alpha: float) -> dict:
         return {n: (lambda x, n=n: b[n] + alpha * (a[n] - b[n])) for n in names}
@@ -242,11 +247,13 @@ def edge_scores(
     from deltalens.hooks.nodes import NodeModules
 
     nodes = NodeModules(model)
-    delta = node_outputs(model, corrupted) - node_outputs(model, clean)
+    embeds = [n for n in TOP_HOOKS if n in model.hook_names] if method != "eap" else []
+    a, b = _source_cache(model, clean, embeds), _source_cache(model, corrupted, embeds)
+    delta = _stack_sources(model, b) - _stack_sources(model, a)
     if method == "eap":
         grads = input_gradients(model, nodes, clean, metric)
     else:
-        interp = _interpolation(model, clean, corrupted)
+        interp = _interpolation(embeds, a, b)
         grads = sum(
             input_gradients(model, nodes, clean, metric, interp(k / steps)) for k in range(1, steps + 1)
         )

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from deltalens.circuits.stages import STAGE, as_models
+from deltalens.hooks.names import TOP_HOOKS
 from deltalens.hooks.weights import WeightEdit
 
 if TYPE_CHECKING:
@@ -224,8 +225,9 @@ def _select(x: Tensor, mask: Tensor, position: int) -> Tensor:
     """Rows ``x[b, last_real(b) + 1 + position]`` of ``[batch, pos, d]`` (``position < 0``)."""
     import torch
 
-    t = mask.shape[1]
-    last = t - 1 - mask.flip(-1).long().argmax(-1)
+    from deltalens.hooks.batch import last_index
+
+    last = last_index(mask)
     first = mask.long().argmax(-1)
     idx = last + 1 + position
     if (idx < first).any():
@@ -338,7 +340,7 @@ def direction_stats(
 # ---------------------------------------------------------------------------- hook interventions
 def _writer_hooks(model: HookedModel, where: str) -> list[str]:
     if where == "all_writers":
-        embeds = [h for h in ("hook_embed", "hook_pos_embed") if h in model.hook_names]
+        embeds = [h for h in TOP_HOOKS if h in model.hook_names]
         return embeds + [f"blocks.{ly}.hook_{k}_out" for ly in range(model.n_layers) for k in ("attn", "mlp")]
     return [f"blocks.{ly}.hook_{h}" for ly in range(model.n_layers) for h in RESID_HOOKS]
 

@@ -8,6 +8,19 @@ from dataclasses import dataclass
 from jaxtyping import Int
 from torch import Tensor
 
+
+def last_index(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, " batch"]:
+    """Index of each row's last real (non-padding) token in an ``[batch, pos]`` mask, either padding side.
+
+    Example:
+        >>> import torch
+        >>> last_index(torch.tensor([[0, 1, 1], [1, 1, 0]]))
+        tensor([2, 1])
+    """
+    t = attention_mask.shape[1]
+    return t - 1 - attention_mask.flip(-1).long().argmax(-1)
+
+
 HookFn = Callable[[Tensor], Tensor | None]
 """A hook function: ``fn(activation) -> new activation | None`` (None keeps the activation)."""
 
@@ -26,6 +39,5 @@ class Batch:
 
     @property
     def last_index(self) -> Int[Tensor, " batch"]:
-        """Index of the last real (non-padding) token of each row."""
-        t = self.attention_mask.shape[1]
-        return t - 1 - self.attention_mask.flip(-1).long().argmax(-1)
+        """``[batch]``: index of the last real (non-padding) token of each row (:func:`last_index`)."""
+        return last_index(self.attention_mask)

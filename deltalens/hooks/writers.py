@@ -36,6 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from deltalens.hooks.names import TOP_HOOKS
+
 if TYPE_CHECKING:
     from jaxtyping import Float
     from torch import Tensor
@@ -131,7 +133,7 @@ def _writers_of(arch: ArchSpec, live: dict[str, Tensor], n_layers: int, conv1d: 
     Raises:
         KeyError: a writer's weight is missing from ``live`` (a model of another architecture).
     """
-    out = [_embed_writer(arch, live, h) for h in ("hook_embed", "hook_pos_embed") if arch.has(h)]
+    out = [_embed_writer(arch, live, h) for h in TOP_HOOKS if arch.has(h)]
     for layer in range(n_layers):
         out += [_module_writer(arch, live, layer, k, conv1d) for k in ("attn", "mlp")]
     return out

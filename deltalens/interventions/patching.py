@@ -84,8 +84,9 @@ def _patch_fn(
         if cut == "last":
             if src_mask is None:
                 raise ValueError(f"patch {name!r}: a positions='last' cache needs its attention_mask")
-            t = src_mask.shape[1]
-            last = (t - 1 - src_mask.flip(-1).long().argmax(-1)).to(x.device)
+            from deltalens.hooks.batch import last_index
+
+            last = last_index(src_mask).to(x.device)
             out[torch.arange(x.shape[0], device=x.device), last] = s
         elif isinstance(cut, int):
             out[:, cut] = s

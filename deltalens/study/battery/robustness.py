@@ -20,13 +20,11 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from deltalens.atomic import write_bytes
 from deltalens.study.battery.config import BatteryConfig, ConfigError
 
-if TYPE_CHECKING:
-    import pandas as pd
 
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]``; anything else raises one ValueError naming ``--seeds``."""
@@ -53,14 +51,6 @@ def seed_config(cfg: BatteryConfig, seed: int) -> BatteryConfig:
     return dataclasses.replace(cfg, seed=seed)
 
 
-def robustness_table(per_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
-    """How many seeds each verdict holds in (rule ``robustness.seeds.v1``, see
-    :func:`deltalens.study.battery.verdict.robustness`)."""
-    from deltalens.study.battery.verdict import robustness
-
-    return robustness(per_seed)
-
-
 def run_seeds(
     cfg: BatteryConfig,
     seeds: Sequence[int],
@@ -84,6 +74,7 @@ def run_seeds(
         ConfigError: ``family.organism_dir`` is set (one family cannot serve several seeds).
     """
     from deltalens.study.battery.runner import Battery, _parquet
+    from deltalens.study.battery.verdict import robustness
 
     out = Path(out)
     configs = {s: seed_config(cfg, s) for s in seeds}  # every config checked before any work
@@ -94,7 +85,7 @@ def run_seeds(
         results[s] = make(c, out / f"seed{s}").run()
         seconds[s] = round(time.perf_counter() - t, 1)
     verdicts = {s: r["tables"]["verdicts"] for s, r in results.items()}
-    table = robustness_table(verdicts)
+    table = robustness(verdicts)
     summary = {
         "preset": cfg.preset,
         "seeds": list(seeds),

@@ -622,11 +622,6 @@ class Battery:
             kind="parquet",
         )
 
-    def _format(self, prompt: str) -> str:
-        """A raw prompt in the family's prompt template (unchanged when it has none)."""
-        t = self.family.template
-        return t.replace("{prompt}", prompt) if t else prompt
-
     def _activation_sets(self) -> dict[str, list[str]]:
         """The raw prompt sets of Exp 4: arithmetic, H1, H2 (another distribution) and harmless."""
         n, f = self.cfg.n_activation, self.family
