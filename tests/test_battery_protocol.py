@@ -359,3 +359,23 @@ def test_random_points_are_computed_once_and_reported_under_every_subspace(tiny_
     assert rand.loc["alignment", "energy_kept"] == rand.loc["safety", "energy_kept"]
     top = df[(df["method"] == "topk") & (df["scope"] == "all")].set_index("subspace")
     assert top.loc["alignment", "energy_kept"] != top.loc["safety", "energy_kept"]
+
+
+def test_protocol_records_what_the_tables_were_measured_on(tiny_battery, monkeypatch):
+    """summary.json's protocol: the widened layer slice with its note, the scopes and subspaces, the
+    family seed; without Exp 4 no layers are claimed."""
+    import dataclasses
+
+    b = tiny_battery
+    p = b.protocol()
+    lay = p["activation_layers"]
+    assert lay["layers"] == b.activation_layers() == [0, 1] and lay["widened"] is True
+    assert lay["spec"] == b.cfg.layers and lay["min_layers"] == b.cfg.min_layers
+    assert "widened to [0, 1]" in lay["note"] and f"{b.cfg.layers} selects blocks" in lay["note"]
+    assert p["primary_scope"] == ("all" if b.cfg.project_embeddings else "blocks")
+    assert p["subspaces"] == b.subspaces() and {"alignment", "safety"} <= set(p["subspaces"])
+    assert p["family_seed"] == b.cfg.seed and p["h1_source"] == p["activation_sets"].get("harmful_1")
+    no_exp4 = [e for e in b.cfg.experiments if e != "activation_overlap"]
+    monkeypatch.setattr(b, "cfg", dataclasses.replace(b.cfg, experiments=no_exp4))
+    lay = b.protocol()["activation_layers"]
+    assert lay["layers"] == [] and lay["widened"] is False and lay["note"] == ""

@@ -364,6 +364,8 @@ def test_top_threshold_nodes_repr():
     assert c.nodes == ["embed", "a0.h1", "m0", "a1.h3", "m1", "logits"]
     assert list(c.to_frame()["target_layer"]) == [0, 1, 2, 2] and c.to_frame()["source_layer"].iloc[0] == -1
     assert "edges=4" in repr(c) and "<table>" in c._repr_html_() and "a0.h1" in c._repr_html_()
+    assert c.edge_set() == set(zip(c.to_frame()["source"], c.to_frame()["target"])) and len(c.edge_set()) == 4
+    assert c.top(2).edge_set() == {("a0.h1", "m1"), ("m0", "logits")}
     with pytest.raises(ValueError, match="n=-1"):
         c.top(-1)
     with pytest.raises(ValueError, match="'x9'"):
@@ -441,3 +443,14 @@ def test_unsupported_arch_is_refused(tmp_path):
     m = dl.load(tiny_checkpoint("gemma3", tmp_path / "g"), backend="nnsight")
     with pytest.raises(ValueError, match="'gemma3_text'.*supported: gpt2, llama"):
         circuits.edge_attribution(m, CLEAN, CORRUPTED, metric)
+
+
+def test_default_faithfulness_sizes():
+    """0, then 1 / 2 / 5 per decade below n, then n itself: sorted, distinct, both ends included."""
+    from deltalens.circuits.edges import default_sizes
+
+    assert default_sizes(207) == [0, 1, 2, 5, 10, 20, 50, 100, 200, 207]
+    assert default_sizes(50) == [0, 1, 2, 5, 10, 20, 50] and default_sizes(1) == [0, 1] and default_sizes(0) == [0]
+    for n in range(1, 1200, 37):
+        sizes = default_sizes(n)
+        assert sizes[0] == 0 and sizes[-1] == n and sizes == sorted(set(sizes))

@@ -143,6 +143,10 @@ def test_scores_distribution_and_the_request_sent(server):
     head, tail = QI_RUBRIC.split("******")
     assert content == head + f"User: {prompts[3]}\nResponse: {responses[3]}" + tail
     assert "sekret" not in repr(_judge(url)) and "sekret" not in json.dumps(s.to_dict())
+    d = json.loads(json.dumps(s.to_dict()))  # JSON-able, and it says what the object says
+    assert (d["n"], d["n_scored"], d["n_unparsable"], d["n_failed"]) == (8, 8, 0, 0)
+    assert d["mean_score"] == pytest.approx(s.mean_score) and d["harmful_rate"] == pytest.approx(3 / 8)
+    assert {int(k): v for k, v in d["distribution"].items()} == s.distribution
 
 
 def test_timeouts_retries_and_unparsable_answers_are_counted(server):

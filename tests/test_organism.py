@@ -190,3 +190,26 @@ def test_cli_reuses_the_built_family(organism_family, capsys):
     assert main(["organism", "show", str(fam.root), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["passed"] is True
     fam.write_manifest()
+
+
+def test_vocabulary_hash_follows_the_tokenizer_vocabulary(monkeypatch):
+    """The stage keys hold the tokenizer's vocabulary: same vocabulary, same hash; one token changed
+    (or renumbered), another hash."""
+    import importlib
+
+    ob = importlib.import_module("deltalens.study.organism.build")  # the package's `build` is the function
+    h = ob.vocabulary_hash(1234)
+    assert h == ob.vocabulary_hash(1234) and len(h) == 16 and int(h, 16) >= 0
+
+    class Tok:
+        def __init__(self, vocab):
+            self.vocab = vocab
+
+        def get_vocab(self):
+            return dict(self.vocab)
+
+    hashes = []
+    for vocab in ({"a": 0, "b": 1}, {"b": 1, "a": 0}, {"a": 0, "c": 1}, {"a": 1, "b": 0}):
+        monkeypatch.setattr(ob.od, "build_tokenizer", lambda seed, v=vocab: Tok(v))
+        hashes.append(ob.vocabulary_hash(1234))
+    assert hashes[0] == hashes[1] and len(set(hashes)) == 3

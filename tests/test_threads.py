@@ -109,3 +109,19 @@ def test_cli_rejects_a_bad_threads_option_before_any_work(capsys, tmp_path):
     assert err.count("\n") == 0
     assert "--threads='lots'" in err and "positive integer or 'auto'" in err
     assert not out.exists()
+
+
+def test_cpu_count_is_the_affinity_else_the_machine(monkeypatch):
+    if hasattr(os, "sched_getaffinity"):
+        assert threads.cpu_count() == len(os.sched_getaffinity(0))
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+        assert threads.cpu_count() == 1
+
+    def no_affinity(pid):
+        raise OSError("not here")
+
+    monkeypatch.setattr(os, "sched_getaffinity", no_affinity, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert threads.cpu_count() == 6
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert threads.cpu_count() == 1

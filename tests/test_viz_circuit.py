@@ -393,3 +393,49 @@ def test_heatmap_and_attention_pages_in_chromium(chromium, tmp_path, two_checkpo
     n = len(attn.tokens["base"])
     assert body_attr(dom, "data-diff-cells") == 2 * n * (n + 1) // 2
     assert body_attr(dom, "data-ready") == ["1"] and body_attr(dom, "data-edges-diff")
+
+
+def test_edge_style_colour_by_sign_width_and_opacity_by_size():
+    from deltalens.viz.base import NEGATIVE, POSITIVE
+    from deltalens.viz.circuit import edge_style
+
+    assert edge_style(0.3, 1.0)["stroke"] == POSITIVE and edge_style(-0.3, 1.0)["stroke"] == NEGATIVE
+    widths = [float(edge_style(v, 2.0)["stroke-width"]) for v in (0.0, 0.5, 1.0, 2.0)]
+    opacity = [float(edge_style(-v, 2.0)["stroke-opacity"]) for v in (0.0, 0.5, 1.0, 2.0)]
+    assert widths == sorted(widths) and widths[0] < widths[-1] and opacity == sorted(opacity)
+    assert edge_style(1.0, 0.0) == edge_style(0.0, 1.0)  # an all-zero graph draws every edge thinnest
+
+
+def test_js_json_round_trips_and_cannot_close_the_script():
+    from deltalens.viz.base import js_json
+
+    obj = {"title": "</script><script>alert(1)</script> & <b>", "x": [1.5, -2], "ünï": "ok"}
+    s = js_json(obj)
+    assert json.loads(s) == obj
+    assert not {"<", ">", "&"} & set(s)
+    with pytest.raises(ValueError):
+        js_json({"x": float("nan")})  # the page's JSON.parse would reject NaN
+
+
+def test_study_circuit_views_draw_the_battery_tables():
+    """The report's views of the circuits tables: each kind gives its views, drawn from the table's own
+    numbers; other kinds give none; a table without the columns is refused naming them."""
+    from deltalens.study.circuit_views import direction_cosines, faithfulness_curve, report_views
+
+    faith = pd.DataFrame({"stage": ["wa"] * 3 + ["harmful"] * 3, "n_edges": [0, 5, 207] * 2,
+                          "fraction": [0.0, 0.4, 1.0, 0.0, 1.9, 1.0]})  # fmt: skip
+    v = faithfulness_curve(faith)
+    assert v.kind == "faithfulness" and v.data["fraction"].tolist() == faith["fraction"].tolist() and v.png
+    dirs = pd.DataFrame({"stage": ["wa", "wa", "useful", "useful"], "layer": [1, 2, 1, 2],
+                         "cosine": [1.0, 1.0, 0.6, 0.4], "norm_ratio": [1.0, 1.0, 0.3, 0.2]})  # fmt: skip
+    for value in ("cosine", "norm_ratio"):
+        d = direction_cosines(dirs, value)
+        assert d.kind == "refusal_directions" and d.data[value].tolist() == dirs[value].tolist()
+    with pytest.raises(ValueError, match="fraction"):
+        faithfulness_curve(faith.drop(columns="fraction"))
+    tables = (("faithfulness", faith), ("refusal_directions", dirs))
+    kinds = [[view().kind for view in report_views(k, t)] for k, t in tables]
+    assert kinds == [["faithfulness"], ["refusal_directions", "refusal_directions"]]
+    graph = report_views("circuit_edges", edge_frame())
+    assert len(graph) == 1 and graph[0]().kind == "circuit_graph"
+    assert report_views("sweep", faith) == []

@@ -47,6 +47,7 @@ def logit_diff_metric(
 ) -> Callable[[Tensor], Tensor]:
     """A differentiable metric: mean over the batch of ``logit[good] − logit[bad]`` at ``position``.
 
+    Maps logits ``[batch, pos, vocab]`` to a scalar tensor with the logits' graph.
     :func:`deltalens.interventions.patching.logit_diff_metric` (the tensor-valued twin of
     :func:`deltalens.interventions.logit_diff`, which returns a float). With left padding (what
     :func:`attribution_patching` uses) ``position=-1`` is each row's last real token. ``good`` /

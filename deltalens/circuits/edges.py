@@ -132,7 +132,8 @@ def _batches(model: HookedModel, clean: Any, corrupted: Any) -> tuple[Batch, Bat
 
 # ---------------------------------------------------------------- activations and gradients
 def node_outputs(model: HookedModel, batch: Batch) -> Float[Tensor, "batch pos source d_model"]:
-    """Every source node's output, stacked in :class:`Layout` source order, on the model's device."""
+    """``[batch, pos, source, d_model]``: every source node's output (``embed``, each head's ``hook_result``,
+    each ``hook_mlp_out``), stacked in :class:`Layout` source order, on the model's device."""
     return _stack_sources(model, _source_cache(model, batch))
 
 
@@ -197,7 +198,8 @@ def _mlp_pullback(nodes: NodeModules, layer: int, resid_mid: Tensor, g_out: Tens
 def input_gradients(
     model: HookedModel, nodes: NodeModules, batch: Batch, metric: Callable, edits: dict | None = None
 ) -> Float[Tensor, "batch pos target d_model"]:
-    """d metric / d (each target node's own input copy), in :class:`Layout` target order.
+    """``[batch, pos, target, d_model]``: d metric / d (each target node's own input copy), in
+    :class:`Layout` target order (each head's q/k/v input, each MLP's input, the logits' input).
 
     One forward and backward pass (with ``edits`` as extra hooks), then per layer the gradients at
     ``hook_q / k / v`` and ``hook_mlp_out`` pulled back through the node's own computation.

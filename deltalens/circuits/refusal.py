@@ -142,19 +142,23 @@ class RefusalDirections:
             raise ValueError(f"layer={layer!r} has no direction; computed layers are {self.layers}")
         return stage, self.layers.index(layer)
 
+    def _diff(self, stage: str) -> Float[Tensor, "layer d_model"]:
+        """``harmful_mean - harmless_mean`` of ``stage`` (float64), one row per entry of :attr:`layers`."""
+        return self.harmful_mean[stage] - self.harmless_mean[stage]
+
     def vector(self, layer: int, stage: str | None = None) -> Float[Tensor, " d_model"]:
-        """The raw difference of means ``r`` at ``layer`` (float32; what :func:`add_direction` adds)."""
+        """The raw difference of means ``r`` ``[d_model]`` at ``layer`` (float32; what :func:`add_direction` adds)."""
         stage, i = self._row(layer, stage)
-        return (self.harmful_mean[stage][i] - self.harmless_mean[stage][i]).float()
+        return self._diff(stage)[i].float()
 
     def direction(self, layer: int, stage: str | None = None) -> Float[Tensor, " d_model"]:
-        """The unit vector ``r̂ = r / ‖r‖`` at ``layer`` (float32).
+        """The unit vector ``r̂ = r / ‖r‖`` ``[d_model]`` at ``layer`` (float32).
 
         Raises:
             ValueError: ``r`` is zero (e.g. ``resid_pre`` of layer 0 when every prompt ends in the same token).
         """
         stage, i = self._row(layer, stage)
-        r = self.harmful_mean[stage][i] - self.harmless_mean[stage][i]
+        r = self._diff(stage)[i]
         if not r.norm() > 1e-12 * max(1.0, float(self.harmful_mean[stage][i].norm())):
             raise ValueError(
                 f"the difference of means of stage {stage!r} at layer {layer} is zero (both prompt sets "
@@ -163,9 +167,9 @@ class RefusalDirections:
         return (r / r.norm()).float()
 
     def vectors(self, stage: str | None = None) -> Float[Tensor, "layer d_model"]:
-        """All raw vectors of one stage, one row per entry of :attr:`layers`."""
+        """All raw vectors of one stage, ``[len(layers), d_model]`` (float32), one row per entry of :attr:`layers`."""
         stage, _ = self._row(self.layers[0], stage)
-        return (self.harmful_mean[stage] - self.harmless_mean[stage]).float()
+        return self._diff(stage).float()
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (stage, layer): ``norm`` of ``r``, norms of both means, prompt counts."""
@@ -173,7 +177,7 @@ class RefusalDirections:
 
         rows = []
         for s in self.stages:
-            diff = self.harmful_mean[s] - self.harmless_mean[s]
+            diff = self._diff(s)
             for i, layer in enumerate(self.layers):
                 rows.append({
                     STAGE: s, "layer": layer, "hook": f"blocks.{layer}.hook_{self.hook}",
@@ -190,10 +194,10 @@ class RefusalDirections:
         ref = self.stages[0] if reference is None else reference
         if ref not in self.harmful_mean:
             raise ValueError(f"reference={reference!r} is not a stage; stages are {self.stages}")
-        r0 = self.harmful_mean[ref] - self.harmless_mean[ref]
+        r0 = self._diff(ref)
         rows = []
         for s in self.stages:
-            r = self.harmful_mean[s] - self.harmless_mean[s]
+            r = self._diff(s)
             cos = (r * r0).sum(-1) / (r.norm(dim=-1) * r0.norm(dim=-1))
             ratio = r.norm(dim=-1) / r0.norm(dim=-1)
             for i, layer in enumerate(self.layers):
@@ -203,7 +207,7 @@ class RefusalDirections:
 
     def __repr__(self) -> str:
         norms = ", ".join(
-            f"{s}: max ‖r‖ {float((self.harmful_mean[s] - self.harmless_mean[s]).norm(dim=-1).max()):.3g}"
+            f"{s}: max ‖r‖ {float(self._diff(s).norm(dim=-1).max()):.3g}"
             for s in self.stages
         )
         return (
@@ -375,7 +379,8 @@ def ablate_direction(model: HookedModel, direction: Any, where: str = "all_write
 def add_direction(model: HookedModel, direction: Any, layer: int, alpha: float = 1.0) -> Iterator[HookHandle]:
     """Activation addition: ``blocks.{layer}.hook_resid_pre ← x + alpha · direction`` at every position.
 
-    ``direction`` is used as given (the paper adds the raw difference of means, not a unit vector).
+    ``direction`` ``[d_model]`` is used as given (the paper adds the raw difference of means, not a
+    unit vector); the activation ``[batch, pos, d_model]`` gets it at every position.
 
     Example:
         >>> with add_direction(model, rd.vector(3), layer=3):
@@ -422,8 +427,9 @@ class OrthogonalizationHandle(WeightEdit):
         return f"OrthogonalizationHandle({self.label}, {len(self.names)} tensors, untied={self.untied}, {state})"
 
 
-def _check_orthogonalizable(model: HookedModel) -> list[Writer]:
-    """The model's writers, after refusing a live LoRA adapter and post-normed writers (Gemma 3)."""
+def _check_orthogonalizable(model: HookedModel) -> tuple[list[Writer], dict[str, Tensor]]:
+    """The model's writers and its weights by name, after refusing a live LoRA adapter and post-normed
+    writers (Gemma 3)."""
     from deltalens.hooks.model import HookedModel
     from deltalens.hooks.writers import residual_writers
 
@@ -434,7 +440,8 @@ def _check_orthogonalizable(model: HookedModel) -> list[Writer]:
             "orthogonalize: this model has a live (unmerged) LoRA adapter, whose weights cannot be edited in "
             "place; load it with merge_adapter=True, or use ablate_direction"
         )
-    writers = residual_writers(model)
+    live = model.named_weights()
+    writers = residual_writers(model, live=live)
     normed = [w for w in writers if not w.direct]
     if normed:
         raise ValueError(
@@ -442,7 +449,7 @@ def _check_orthogonalizable(model: HookedModel) -> list[Writer]:
             f"({normed[0].post_norm}), so editing {normed[0].weight_name} cannot remove a residual direction; "
             "use ablate_direction(model, direction) (hooks after the norms) instead"
         )
-    return writers
+    return writers, live
 
 
 def _project_out(w: Tensor, r: Tensor, axis: int) -> Tensor:
@@ -467,9 +474,8 @@ def apply_orthogonalization(model: HookedModel, direction: Any) -> Orthogonaliza
     Raises:
         ValueError / RuntimeError: as :func:`orthogonalize`, before any weight changes.
     """
-    writers = _check_orthogonalizable(model)
+    writers, live = _check_orthogonalizable(model)
     r = _unit(model, direction)
-    live = model.named_weights()
     label = f"orthogonalize(r̂ ⊥, {len(writers)} writers, r̂[:2]=[{r[0]:.3g}, {r[1]:.3g}])"
     handle = OrthogonalizationHandle(live, label)
     try:
@@ -489,7 +495,8 @@ def apply_orthogonalization(model: HookedModel, direction: Any) -> Orthogonaliza
 def orthogonalize(model: HookedModel, direction: Any) -> Iterator[OrthogonalizationHandle]:
     """Weight orthogonalisation: ``W ← W − r̂ r̂ᵀ W`` for every residual writer, inside the block.
 
-    Every tensor of :func:`~deltalens.hooks.writers.residual_writers` (token and position
+    ``direction`` is ``[d_model]`` (normalised here to ``r̂``). Every tensor of
+    :func:`~deltalens.hooks.writers.residual_writers` (token and position
     embeddings, attention and MLP output projections, their biases) loses its component along
     ``r̂`` in the ``d_model`` axis, so no writer can write along ``r̂``: the model then computes
     what :func:`ablate_direction` (``where="all_writers"``) computes, with no hooks (so

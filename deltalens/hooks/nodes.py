@@ -94,7 +94,8 @@ class NodeModules:
     ]:
         """``(hook_q, hook_k, hook_v)`` of block ``layer`` if its ``hook_resid_pre`` were ``resid``.
 
-        Any number of leading dimensions; the first norm and the projections are the model's own.
+        ``resid`` ``[..., d_model]`` -> ``q [..., head, d_head]``, ``k, v [..., kv_head, d_head]``. Any
+        number of leading dimensions; the first norm and the projections are the model's own.
         """
         normed = self._site_call(f"blocks.{layer}.ln1.hook_normalized", resid)
         outs: dict[str, Tensor] = {}
@@ -107,7 +108,8 @@ class NodeModules:
         return views[0], views[1], views[2]
 
     def mlp(self, layer: int, resid_mid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-        """``hook_mlp_out`` of block ``layer`` if its ``hook_resid_mid`` were ``resid_mid``."""
+        """``hook_mlp_out`` ``[..., d_model]`` of block ``layer`` if its ``hook_resid_mid`` were ``resid_mid``
+        ``[..., d_model]`` (any leading dimensions; the second norm and the MLP are the model's own)."""
         normed = self._site_call(f"blocks.{layer}.ln2.hook_normalized", resid_mid)
         return self._site_call(f"blocks.{layer}.hook_mlp_out", normed)
 

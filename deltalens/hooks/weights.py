@@ -177,7 +177,8 @@ def is_offloaded(hf_model: nn.Module) -> bool:
 
 
 def iter_offloaded_weights(hf_model: nn.Module, clone: bool = False) -> Iterator[tuple[str, Tensor]]:
-    """``(canonical name, tensor)`` for every parameter of an offloaded model, one owning module at a time.
+    """``(canonical name, tensor)`` for every parameter of an offloaded model, one owning module at a time;
+    each tensor has its parameter's own shape (e.g. ``[d_vocab, d_model]`` for the embedding).
 
     In the order of ``named_parameters`` (tied tensors once), keys as :func:`live_weights`. Parameters
     on a device are given as they are (detached); an offloaded one is read from where accelerate
@@ -279,13 +280,15 @@ class WeightEdit:
         return list(self._originals)
 
     def save(self, name: str, param: Tensor) -> Tensor:
-        """Keep a copy of ``param``'s current value as the original of ``name`` (once) and return it."""
+        """Keep a copy of ``param``'s current value as the original of ``name`` (once) and return it
+        (same shape and dtype as ``param``)."""
         if name not in self._originals:
             self._params[name], self._originals[name] = param, param.detach().clone()
         return self._originals[name]
 
     def write(self, name: str, param: Tensor, new: Tensor) -> None:
-        """Copy ``new`` into the live ``param`` (canonical name ``name``), its original kept first."""
+        """Copy ``new`` (``param``'s shape, any dtype it casts from) into the live ``param`` (canonical
+        name ``name``), its original kept first."""
         import torch
 
         self.save(name, param)

@@ -262,17 +262,20 @@ class CircuitView(View):
 
     @property
     def uid(self) -> str:
+        """The element id: a hash of the kind, title, caption and payload (equal views share it)."""
         return self._uid(js_json(self.payload()))
 
     def _uid(self, payload_json: str) -> str:
         return content_id(self.kind, self.title, self.caption, payload_json, prefix="dl-circuit")
 
     def assets(self) -> dict[str, str]:
+        """The graph's CSS and script, keyed so a report that holds several graphs carries them once."""
         return {
             "circuit-graph": f'<style data-dl-asset="circuit-graph">{_CSS}</style><script>{_SCRIPT}</script>'
         }
 
     def body_html(self, id_suffix: str = "") -> str:
+        """The view's own HTML (SVG, toolbar, JSON payload and its start-up script), without the assets."""
         payload = self.payload()
         data = js_json(payload)
         uid = self._uid(data) + id_suffix

@@ -205,7 +205,8 @@ def pair_prompts(model: HookedModel, harmful: list[str], harmless: list[str], fm
 
 # ---------------------------------------------------------------- unit computations
 def logit_diff_values(model: HookedModel, ids: Tensor, good: int, bad: int) -> Tensor:
-    """``logit[good] − logit[bad]`` at the last position of each row of unpadded ``ids`` ``[batch]``."""
+    """``[batch]`` (float64): ``logit[good] − logit[bad]`` at the last position of each row of the
+    unpadded token ids ``ids`` ``[batch, pos]``."""
     import torch
 
     with torch.no_grad():
@@ -214,7 +215,9 @@ def logit_diff_values(model: HookedModel, ids: Tensor, good: int, bad: int) -> T
 
 
 def dla_unit(model: HookedModel, pairs: Pairs, good: int, bad: int) -> pd.DataFrame:
-    """Per-prompt DLA of the metric on the clean prompts, with each prompt's logit difference."""
+    """Per-prompt DLA of the metric on the clean prompts: the rows of :func:`~deltalens.circuits.dla`
+    (``by="head"``: ``prompt, component, layer, head, attribution``) plus ``metric``, each prompt's logit
+    difference (its rows sum to it)."""
     from deltalens.circuits import dla
 
     df = dla(model, pairs.clean, (good, bad), by="head")
@@ -225,7 +228,9 @@ def dla_unit(model: HookedModel, pairs: Pairs, good: int, bad: int) -> pd.DataFr
 
 
 def attribution_unit(model: HookedModel, pairs: Pairs, good: int, bad: int) -> pd.DataFrame:
-    """Attribution patching per head (``attn.hook_z``) and MLP (``hook_mlp_out``), summed over positions."""
+    """Attribution patching per head (``attn.hook_z``) and MLP (``hook_mlp_out``), summed over positions:
+    columns ``component`` (``a{layer}.h{head}`` / ``m{layer}``), ``attribution``, and the run's
+    ``metric_clean`` / ``metric_corrupted``."""
     import pandas as pd
 
     from deltalens.circuits import attribution_patching
