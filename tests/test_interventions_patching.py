@@ -137,3 +137,22 @@ def test_patching_one_attention_head(models):
     )
     assert len(table) == 2 * model.n_heads and set(table["head"]) == set(range(model.n_heads))
     assert list(table.columns) == list(PATCHING.names) and table["head"].dtype == "Int64"
+
+
+def test_paired_batches_left_pad_and_refuse_unequal_shapes(models):
+    """Both batches left-padded (position -1 is each row's last real token); unequal shapes are
+    refused naming the caller and both shapes; attribution patching uses the same check."""
+    from deltalens.circuits import attribution_patching
+    from deltalens.circuits.attribution import logit_diff_metric
+    from deltalens.interventions.patching import paired_batches
+
+    m, _ = models
+    c, t = paired_batches(m, [[5, 6, 7], [8, 9]], [[5, 6, 4], [8, 3]])
+    assert c.input_ids.tolist()[1][1:] == [8, 9] and c.attention_mask.tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert t.attention_mask.tolist() == c.attention_mask.tolist() and t.input_ids[1, -1] == 3
+    same, again = paired_batches(m, [[5, 6, 7]], None)
+    assert same is again
+    with pytest.raises(ValueError, match=r"tokenize to \(1, 3\) but corrupted to \(1, 2\); edge patching needs"):
+        paired_batches(m, [[5, 6, 7]], [[5, 6]], "edge patching")
+    with pytest.raises(ValueError, match="attribution patching needs the same batch size and length"):
+        attribution_patching(m, [[5, 6, 7]], [[5, 6]], logit_diff_metric(1, 2))

@@ -126,14 +126,12 @@ def _attribute_one(
 ) -> pd.DataFrame:
     import pandas as pd
 
+    from deltalens.interventions.patching import paired_batches
+
     chosen = _names(model, names)
-    c = model.tokenize(clean, padding_side="left", chat=opts["chat"], template=opts["template"])
-    t = model.tokenize(corrupted, padding_side="left", chat=opts["chat"], template=opts["template"])
-    if c.input_ids.shape != t.input_ids.shape:
-        raise ValueError(
-            f"clean inputs tokenize to {tuple(c.input_ids.shape)} but corrupted to {tuple(t.input_ids.shape)}; "
-            "attribution patching needs the same batch size and length (pass token ids of equal length)"
-        )
+    c, t = paired_batches(
+        model, clean, corrupted, "attribution patching", chat=opts["chat"], template=opts["template"]
+    )
     acts, grads = model.gradients(
         c.input_ids, _checked(metric), chosen, attention_mask=c.attention_mask, return_activations=True
     )

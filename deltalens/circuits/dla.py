@@ -178,15 +178,24 @@ class _Parts:
         self.values += list(values.T)
 
 
+def _bias(writer: Any) -> Tensor | None:
+    return None if writer.bias is None else writer.bias.detach().double().cpu()
+
+
+def _whole(parts: _Parts, out: Tensor, bias: Tensor | None, row: Row) -> None:
+    """A sublayer as one row: its output ``[batch, d_model]`` less its bias (which goes to ``bias``)."""
+    out = out.double()
+    if bias is not None:
+        out = out - bias
+        parts.bias = parts.bias + bias @ parts.d
+    parts.add(row, out @ parts.d)
+
+
 def _attn(parts: _Parts, cache: Any, layer: int, writer: Any, gain: Tensor | None, by: str) -> None:
     """One block's attention: heads (``by="head"``) or the whole layer, its o-bias to ``bias``."""
-    b_o = None if writer.bias is None else writer.bias.detach().double().cpu()
+    b_o = _bias(writer)
     if gain is None and by != "head":
-        out = cache[f"blocks.{layer}.hook_attn_out"].double()
-        if b_o is not None:
-            out = out - b_o
-            parts.bias = parts.bias + b_o @ parts.d
-        parts.add((f"attn{layer}", layer, None, None), out @ parts.d)
+        _whole(parts, cache[f"blocks.{layer}.hook_attn_out"], b_o, (f"attn{layer}", layer, None, None))
         return
     res = cache[f"blocks.{layer}.attn.hook_result"].double()  # [batch, head, d_model]
     if gain is not None:
@@ -203,14 +212,10 @@ def _attn(parts: _Parts, cache: Any, layer: int, writer: Any, gain: Tensor | Non
 
 def _mlp(parts: _Parts, cache: Any, layer: int, writer: Any, gain: Tensor | None, by: str) -> None:
     """One block's MLP: neurons (``by="neuron"``) or the whole MLP, its output bias to ``bias``."""
-    b = None if writer.bias is None else writer.bias.detach().double().cpu()
+    b = _bias(writer)
     label = f"m{layer}" if by == "head" else f"mlp{layer}"
     if gain is None and by != "neuron":
-        out = cache[f"blocks.{layer}.hook_mlp_out"].double()
-        if b is not None:
-            out = out - b
-            parts.bias = parts.bias + b @ parts.d
-        parts.add((label, layer, None, None), out @ parts.d)
+        _whole(parts, cache[f"blocks.{layer}.hook_mlp_out"], b, (label, layer, None, None))
         return
     post = cache[f"blocks.{layer}.mlp.hook_post"].double()  # [batch, d_mlp]
     w_out = writer.oriented.detach().double().cpu()  # [d_model, d_mlp]

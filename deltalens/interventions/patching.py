@@ -29,6 +29,7 @@ from deltalens.schemas import PATCHING
 if TYPE_CHECKING:
     import pandas as pd
 
+    from deltalens.hooks.batch import Batch
     from deltalens.hooks.cache import ActivationCache
     from deltalens.hooks.model import HookedModel, HookHandle, Inputs
     from deltalens.hooks.names import NamesArg
@@ -198,25 +199,36 @@ def logit_diff(good: int | Sequence[int], bad: int | Sequence[int], position: in
     return metric
 
 
-def _tokens(model: HookedModel, inputs: Inputs) -> tuple[Tensor, Tensor]:
-    batch = model.tokenize(inputs, padding_side="left")  # position -1 is every row's last real token
-    return batch.input_ids, batch.attention_mask
+def paired_batches(
+    model: HookedModel, clean: Inputs, corrupted: Inputs | None, what: str = "patching", **fmt: Any
+) -> tuple[Batch, Batch]:
+    """Left-padded ``(clean, corrupted)`` batches (``input_ids`` / ``attention_mask`` ``[batch, pos]``),
+    checked to pair row by row and position by position; ``corrupted=None`` gives the clean batch twice.
+
+    Left padding makes position -1 every row's last real token. ``fmt`` (``chat``, ``template``) goes
+    to :meth:`~deltalens.hooks.model.HookedModel.tokenize`.
+
+    Raises:
+        ValueError: the two tokenize to different shapes (the message names ``what`` and both shapes).
+    """
+    c = model.tokenize(clean, padding_side="left", **fmt)
+    t = c if corrupted is None else model.tokenize(corrupted, padding_side="left", **fmt)
+    if t.input_ids.shape != c.input_ids.shape:
+        raise ValueError(
+            f"clean inputs tokenize to {tuple(c.input_ids.shape)} but corrupted to {tuple(t.input_ids.shape)}; "
+            f"{what} needs the same batch size and length (pass token ids of equal length)"
+        )
+    return c, t
 
 
 def _sweep_inputs(
     model: HookedModel, source: HookedModel, clean: Inputs, corrupted: Inputs | None
 ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """``(clean ids, mask), (corrupted ids, mask)``, checked to fit each other and both models."""
-    c_ids, c_mask = _tokens(model, clean)
-    t_ids, t_mask = (c_ids, c_mask) if corrupted is None else _tokens(model, corrupted)
-    if t_ids.shape != c_ids.shape:
-        raise ValueError(
-            f"clean inputs tokenize to {tuple(c_ids.shape)} but corrupted to {tuple(t_ids.shape)}; patching needs "
-            "the same batch size and length (pass token ids of equal length)"
-        )
+    c, t = paired_batches(model, clean, corrupted)
     if source.d_model != model.d_model:
         raise ValueError(f"source d_model {source.d_model} differs from the target's {model.d_model}")
-    return (c_ids, c_mask), (t_ids, t_mask)
+    return (c.input_ids, c.attention_mask), (t.input_ids, t.attention_mask)
 
 
 def _head_list(model: HookedModel, chosen: list[str], heads: bool | Sequence[int]) -> list[int | None]:
