@@ -315,7 +315,7 @@ def load(
         merge_adapter: merge the LoRA into the weights. Always true for TransformerLens;
             for nnsight ``False`` keeps the adapter live (default: merge).
         device_map: passed to ``from_pretrained`` (accelerate): ``"auto"`` (multi-GPU) or
-            ``{module: 0 | "cpu" | "disk"}``; see :func:`placement` for what offloading keeps.
+            ``{module: 0 | "cpu" | "disk"}``; see :func:`check_placement` for what offloading keeps.
         offload_folder: accelerate's folder for weights it offloads to ``"disk"``.
         **engine_kwargs: passed to the backend engine (e.g. nnsight's ``TransformersModel``).
 
@@ -330,9 +330,9 @@ def load(
     from deltalens.hooks.model import HookedModel
 
     torch_dtype = _check_load_args(backend, dtype, adapter, merge_adapter)
-    place = placement(source, device, device_map, offload_folder, adapter)
     merge_adapter = True if merge_adapter is None else merge_adapter
-    model, tok, base_name, ckpt_hash = _read_model(source, tokenizer, adapter, torch_dtype, place)
+    place = {"device": device, "device_map": device_map, "offload_folder": offload_folder}
+    model, tok, base_name, ckpt_hash = _read_model(source, tokenizer, adapter, torch_dtype, **place)
     arch = arch_for(base_module(model).config)
     h = ckpt_hash
     if adapter is not None:
@@ -371,10 +371,8 @@ def _check_load_args(backend: str, dtype: Any, adapter: Any, merge_adapter: bool
     return torch_dtype
 
 
-def placement(
-    source: Any, device: str, device_map: Any = None, offload_folder: Any = None, adapter: Any = None
-) -> tuple[str, Any, str | None]:
-    """Check where :func:`load` puts the model; return ``(device, device_map, offload_folder)``.
+def check_placement(source: Any, device_map: Any = None, offload_folder: Any = None, adapter: Any = None) -> None:
+    """Check where :func:`load` is asked to put the model, before anything is read.
 
     With a ``device_map``, accelerate places each module (``"auto"``: over the GPUs, then CPU
     memory, then disk; a dict: as given). Modules offloaded to ``"cpu"`` or ``"disk"`` keep their
@@ -391,7 +389,7 @@ def placement(
     if device_map is None:
         if offload_folder is not None:
             raise ValueError(f"offload_folder={str(offload_folder)!r} needs a device_map (e.g. 'auto')")
-        return device, None, None
+        return
     if not isinstance(source, str | Path):
         raise ValueError(
             f"device_map={device_map!r} applies to a checkpoint path; an in-memory model is already "
@@ -411,24 +409,31 @@ def placement(
             "load it without a device_map, save the merged model (m.hf_model.save_pretrained(DIR)), "
             "then load DIR with the device_map"
         )
-    return device, device_map, None if offload_folder is None else str(offload_folder)
 
 
 def _read_model(
-    source: str | Path | nn.Module, tokenizer: Any, adapter: Any, dtype: torch.dtype, place: tuple
+    source: str | Path | nn.Module,
+    tokenizer: Any,
+    adapter: Any,
+    dtype: torch.dtype,
+    device: str,
+    device_map: Any,
+    offload_folder: Any,
 ) -> tuple[nn.Module, Any, str, str]:
-    """The HF model, its tokenizer, a display name and a content hash, from a path or a module."""
+    """The HF model, its tokenizer, a display name and a content hash, from a path or a module
+    (the placement checked first, :func:`check_placement`)."""
+    check_placement(source, device_map, offload_folder, adapter)
     if isinstance(source, str | Path):
         path = Path(source).expanduser()
         _check_checkpoint_dir(path)
         if adapter is not None:  # validate the adapter dir before loading big weights
             _adapter_files(Path(adapter).expanduser())
-        model, tok = _load_hf(path, dtype, *place[1:])
-        model = model if place[1] is not None else model.to(place[0])
+        model, tok = _load_hf(path, dtype, device_map, offload_folder)
+        model = model if device_map is not None else model.to(device)
         return model, tokenizer if tokenizer is not None else tok, str(path), checkpoint_hash(path)
     if tokenizer is None:
         raise ValueError("an in-memory model needs tokenizer=...")
-    model = source.to(dtype).to(place[0])
+    model = source.to(dtype).to(device)
     name = getattr(model.config, "_name_or_path", "") or type(model).__name__
     return model, tokenizer, name, weight_hash(base_module(model))[:16]
 
