@@ -169,7 +169,7 @@ def _layout(
     height = _PAD_TOP + _PAD_BOTTOM + (n_rows - 1) * _ROW_GAP
 
     def y(row: int) -> float:
-        return _PAD_TOP + (n_rows - 1 - row) * _ROW_GAP
+        return _row_y(row, n_layers)
 
     x0, x1 = _LEFT + 10, width - 24
     mid = (x0 + x1) / 2
@@ -187,10 +187,14 @@ def _layout(
     return pos, width, height
 
 
-def _row_labels(n_layers: int, height: float) -> list[tuple[str, float]]:
-    n_rows = 2 * n_layers + 2
+def _row_y(row: int, n_layers: int) -> float:
+    """The y of grid row ``row`` (0 = embed at the bottom, ``2 n_layers + 1`` = logits at the top)."""
+    return _PAD_TOP + (2 * n_layers + 1 - row) * _ROW_GAP
+
+
+def _row_labels(n_layers: int) -> list[tuple[str, float]]:
     names = ["embed"] + [f"L{L} {part}" for L in range(n_layers) for part in ("attn", "mlp")] + ["logits"]
-    return [(names[r], _PAD_TOP + (n_rows - 1 - r) * _ROW_GAP) for r in range(n_rows)]
+    return [(name, _row_y(r, n_layers)) for r, name in enumerate(names)]
 
 
 def edge_style(value: float, largest: float) -> dict[str, str]:
@@ -342,7 +346,7 @@ class CircuitView(View):
     def _grid(self, pos: dict[str, tuple[float, float]], width: float, height: float) -> str:
         """Row labels and faint dots where heads and MLPs without an edge would sit."""
         out = []
-        for label, y in _row_labels(self.n_layers, height):
+        for label, y in _row_labels(self.n_layers):
             out.append(
                 f'<text class="dl-row-label" x="8" y="{y + 4:.1f}">{esc(label)}</text>'
                 f'<line x1="{_LEFT:.0f}" x2="{width - 12:.0f}" y1="{y:.1f}" y2="{y:.1f}" class="dl-rule"></line>'
