@@ -524,6 +524,7 @@ def circuits_summary(tables: dict[str, pd.DataFrame], info: dict[str, Any]) -> d
 
 
 def run_circuits(battery: Any) -> dict[str, pd.DataFrame]:
-    """The experiment's tables; its summary facts go to ``battery.circuits_info``."""
-    tables, battery.circuits_info = CircuitsExperiment(battery).run()
+    """The experiment's tables; its ``summary.json`` section goes to ``battery.extra_summary["circuits"]``."""
+    tables, info = CircuitsExperiment(battery).run()
+    battery.extra_summary["circuits"] = circuits_summary(tables, info)
     return tables

@@ -14,7 +14,7 @@ from deltalens.atomic import file_lock, staged_outputs, write_bytes
 from deltalens.hashing import config_key, parts_hash, text_hash
 from deltalens.schemas import EVALS
 from deltalens.study.battery.circuits import TABLES as CIRCUIT_TABLES
-from deltalens.study.battery.circuits import circuits_summary, run_circuits
+from deltalens.study.battery.circuits import run_circuits
 from deltalens.study.battery.config import STAGES, BatteryConfig, ConfigError, default_cache
 from deltalens.study.battery.executor import SerialExecutor, Unit
 from deltalens.study.battery.units import COMPUTATION_VERSION, UnitStore, tokenizer_hash
@@ -291,6 +291,8 @@ class Battery:
         self._models: dict[str, HookedModel] = {}
         self._deltas: dict[str, WeightDelta] = {}
         self.timings: dict[str, float] = {}
+        self.extra_summary: dict[str, Any] = {}
+        """Sections an experiment adds to ``summary.json`` (the ``circuits`` experiment's facts)."""
 
     # -------------------------------------------------------------- helpers
     def _say(self, msg: str) -> None:
@@ -763,6 +765,7 @@ class Battery:
     def _run_experiments(self) -> dict[str, pd.DataFrame]:
         """Run the configured experiments, timing each; the orthogonal sweep joins ``sweep``."""
         tables: dict[str, pd.DataFrame] = {}
+        self.extra_summary = {}
         for exp, name, fn in self._steps():
             if exp not in self.cfg.experiments:
                 continue
@@ -903,8 +906,7 @@ class Battery:
             **protocol,
             "verdicts": tables["verdicts"].to_dict(orient="records"),
         }
-        if "circuit_heads" in tables:
-            summary["circuits"] = circuits_summary(tables, getattr(self, "circuits_info", {}))
+        summary.update(self.extra_summary)
         if "evals" in tables:
             summary["evals"] = tables["evals"].to_dict(orient="records")
         return summary
