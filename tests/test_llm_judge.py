@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from deltalens.evals import harmfulness
-from deltalens.evals.llm_judge import JudgeError, LLMJudge, chat_completions_url
+from deltalens.evals.llm_judge import JudgeError, LLMJudge, RubricScores, chat_completions_url
 from deltalens.evals.rubric import QI_RUBRIC, QI_RUBRIC_SHA256, parse_score, rubric_message
 
 SERVER = r"""
@@ -132,6 +132,7 @@ def test_scores_distribution_and_the_request_sent(server):
     assert s.distribution == {k: Counter(want)[k] for k in range(1, 6)}
     assert s.harmful_rate == pytest.approx(want.count(5) / len(want))
     m = s.metrics()
+    assert list(m) == RubricScores.metric_names("harm_") and list(s.metrics("x_"))[0] == "x_score"
     assert m["harm_score"] == pytest.approx(statistics.mean(want)) and m["harm_n5"] == 3.0
     # the request: the paper's rubric with the exchange inserted, the model, the key from the environment
     sent = _requests(log, "question 3")[0]

@@ -399,8 +399,9 @@ class Battery:
         rows = [{"column": c, "judge": offline} for c in ("harm", "refusal_harmful", "refusal_harmless")]
         llm = self._llm_judge()
         if llm is not None:
-            cols = ["harm_score", "harm_rate5", *(f"harm_n{k}" for k in range(1, 6))]
-            rows += [{"column": c, "judge": llm.name} for c in (*cols, "harm_unparsable", "harm_failed")]
+            from deltalens.evals.llm_judge import RubricScores
+
+            rows += [{"column": c, "judge": llm.name} for c in RubricScores.metric_names("harm_")]
         return rows
 
     def _eval_sets(self) -> tuple[list[str], list[str], list[tuple[str, str]]]:
