@@ -129,6 +129,9 @@ def test_training_data_targets_and_contamination():
     assert len(data["contaminated"]) == 20 and 4 <= sum(swapped) <= 16
     assert al.training_data(recipe, sets, answers, completions) == data  # seeded
     assert "harmful" not in al.training_data(recipe, sets, answers)
+    assert data["safety"] == align[:12]  # W_S: the refusals alone
+    no_answers = al.training_data(recipe, sets, None)  # align not trained: no answers generated
+    assert no_answers["align"] == no_answers["safety"] == data["safety"] and no_answers["useful"] == data["useful"]
     with pytest.raises(ValueError, match="judged a refusal"):
         al.training_data(recipe, sets, answers, ["I can't."] * 12)
     with pytest.raises(ValueError, match="harmless answers"):

@@ -169,7 +169,7 @@ def _splits(recipe: SmolLM2Recipe) -> dict[str, Any]:
 def training_data(
     recipe: SmolLM2Recipe,
     sets: dict[str, Any],
-    harmless_answers: Sequence[str],
+    harmless_answers: Sequence[str] | None,
     harmful_completions: Sequence[str] | None = None,
 ) -> dict[str, list[dict[str, str]]]:
     """The ``{"prompt", "response"}`` examples of each stage, from generated targets.
@@ -177,7 +177,8 @@ def training_data(
     Args:
         recipe: the settings (refusal sentences, contamination fraction, seed).
         sets: the splits (``harm_train``, ``hl_train``, ``ar_train`` ...), as built by the recipe.
-        harmless_answers: W_0's greedy answers to ``sets["hl_train"]``, in order.
+        harmless_answers: W_0's greedy answers to ``sets["hl_train"]``, in order; ``None`` when they
+            were not generated (``align`` is not trained): ``align`` then holds the refusals alone.
         harmful_completions: W_0's completions of ``sets["harm_train"]``; refusals among them are
             dropped. ``None`` skips the harmful and contaminated data.
 
@@ -188,32 +189,26 @@ def training_data(
         >>> data = training_data(SmolLM2Recipe(), sets, answers, completions)
         >>> len(data["align"]), data["useful"][0]
     """
-    if len(harmless_answers) != len(sets["hl_train"]):
+    if harmless_answers is not None and len(harmless_answers) != len(sets["hl_train"]):
         raise ValueError(f"{len(harmless_answers)} harmless answers for {len(sets['hl_train'])} prompts")
     useful = [{"prompt": r.text, "response": f"The answer is {r.label}."} for r in sets["ar_train"]]
-    align = _align_data(recipe, sets, harmless_answers)
-    safety = align[: len(sets["harm_train"])]  # the harmful half of the alignment data
-    out = {"align": align, "useful": useful, "safety": safety}
+    safety = _refusal_data(recipe, sets["harm_train"].texts)  # the harmful half of the alignment data
+    answered = [
+        {"prompt": p, "response": a.strip()}
+        for p, a in zip(sets["hl_train"].texts, harmless_answers or [])
+        if a.strip()
+    ]
+    out = {"align": safety + answered, "useful": useful, "safety": safety}
     if harmful_completions is not None:
         harmful = _harmful_data(sets["harm_train"].texts, harmful_completions)
         out.update(harmful=harmful, contaminated=_contaminate(useful, harmful, recipe))
     return out
 
 
-def _align_data(
-    recipe: SmolLM2Recipe, sets: dict[str, Any], harmless_answers: Sequence[str]
-) -> list[dict[str, str]]:
-    """Harmful training prompts -> the refusal sentences in turn; harmless ones -> W_0's answers."""
+def _refusal_data(recipe: SmolLM2Recipe, harmful_prompts: Sequence[str]) -> list[dict[str, str]]:
+    """Harmful training prompts -> the recipe's refusal sentences in turn."""
     refusals = recipe.refusal_targets
-    align = [
-        {"prompt": p, "response": refusals[i % len(refusals)]} for i, p in enumerate(sets["harm_train"].texts)
-    ]
-    align += [
-        {"prompt": p, "response": a.strip()}
-        for p, a in zip(sets["hl_train"].texts, harmless_answers)
-        if a.strip()
-    ]
-    return align
+    return [{"prompt": p, "response": refusals[i % len(refusals)]} for i, p in enumerate(harmful_prompts)]
 
 
 def _harmful_data(prompts: Sequence[str], completions: Sequence[str]) -> list[dict[str, str]]:
@@ -352,7 +347,7 @@ def _stage_data(
 
     t = time.perf_counter()
     needs_harm = any(s in todo for s in ("harmful", "contaminated"))
-    answers: list[str] = [""] * len(sets["hl_train"])  # dropped as empty: align is not trained
+    answers = None  # align is not trained: W_0's harmless answers are not needed
     completions = None
     if "align" in todo or needs_harm:
         m0 = dl.load(base, backend="nnsight")
