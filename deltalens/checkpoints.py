@@ -205,6 +205,24 @@ def _check_complete(adapter: Path, cfg: dict[str, Any], shapes: dict[str, Any], 
 
 
 # ------------------------------------------------------------------ loading
+def checkpoint_n_layers(path: str | Path) -> int:
+    """The number of transformer blocks of a checkpoint folder or ``.gguf`` file, read from its config
+    alone (no weights are loaded).
+
+    Example:
+        >>> checkpoint_n_layers("ckpts/aligned")
+        30
+    """
+    from transformers import AutoConfig
+
+    from deltalens.hooks.archs import n_layers_of
+
+    p = Path(path).expanduser()
+    if p.is_file():
+        return n_layers_of(AutoConfig.from_pretrained(p.parent, gguf_file=p.name))
+    return n_layers_of(AutoConfig.from_pretrained(p))
+
+
 def load_gguf(path: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
     """Dequantize a ``.gguf`` checkpoint into a plain HF model (+ its tokenizer).
 

@@ -379,3 +379,16 @@ def test_protocol_records_what_the_tables_were_measured_on(tiny_battery, monkeyp
     monkeypatch.setattr(b, "cfg", dataclasses.replace(b.cfg, experiments=no_exp4))
     lay = b.protocol()["activation_layers"]
     assert lay["layers"] == [] and lay["widened"] is False and lay["note"] == ""
+
+
+def test_layer_count_is_read_without_loading_a_model(tiny_battery, tmp_path):
+    """The protocol and the layer slice need W_A's block count only: read from its config, so a rerun
+    whose units are all stored loads no checkpoint for them."""
+    from deltalens.checkpoints import checkpoint_n_layers
+
+    fresh = Battery(tiny_battery.cfg, tmp_path / "out", progress=False)
+    fresh.family = tiny_battery.family
+    assert fresh.n_layers() == checkpoint_n_layers(fresh.family.paths["wa"]) == 2
+    assert fresh.activation_layers() == [0, 1] and fresh.protocol()["activation_layers"]["widened"]
+    assert fresh._models == {}
+    assert fresh.model("wa").n_layers == fresh.n_layers()

@@ -61,6 +61,9 @@ def test_load_a_gguf_file_directly(tmp_path):
     ids = ref.tokenize("The capital of France is").input_ids
     torch.testing.assert_close(m.logits(ids), ref.logits(ids), atol=1e-5, rtol=0)
     assert m.tokenizer.decode([m.logits(ids)[0, -1].argmax().item()]) == " Paris"
+    from deltalens.checkpoints import checkpoint_n_layers
+
+    assert checkpoint_n_layers(gguf) == checkpoint_n_layers(path) == m.n_layers == 30  # config only
 
 
 # The build is atomic (offline: the download and the conversion are faked) --------------------------

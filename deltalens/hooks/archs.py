@@ -15,7 +15,7 @@ output projection, ``[batch, pos, head, d_model]``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class Site(NamedTuple):
@@ -128,6 +128,13 @@ ARCHS: dict[str, ArchSpec] = {
     "gemma3_text": _decoder("gemma3_text", gemma=True),
 }
 """Supported ``config.model_type`` values."""
+
+
+def n_layers_of(config: Any) -> int:
+    """The number of transformer blocks of a HF config (of its ``text_config`` for a multimodal one):
+    ``num_hidden_layers``, or GPT-2's ``n_layer``."""
+    cfg = getattr(config, "text_config", None) or config
+    return int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
 
 
 def arch_for(config) -> ArchSpec:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from deltalens.hooks import attention, derived
-from deltalens.hooks.archs import ArchSpec
+from deltalens.hooks.archs import ArchSpec, n_layers_of
 from deltalens.hooks.edits import apply_fns
 from deltalens.hooks.weights import base_module
 
@@ -67,7 +67,7 @@ class Backend:
         self.engine = engine
         cfg = base_module(hf_model).config
         self.base_config = getattr(cfg, "text_config", None) or cfg
-        self.n_layers = int(getattr(self.base_config, "num_hidden_layers", None) or self.base_config.n_layer)
+        self.n_layers = n_layers_of(cfg)
 
     @property
     def head_shape(self) -> tuple[int, int, int]:

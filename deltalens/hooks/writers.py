@@ -157,7 +157,7 @@ def residual_writers(model: Any, merged: bool = False, live: dict[str, Tensor] |
     Raises:
         ValueError: an unsupported architecture, or a live LoRA adapter without ``merged=True``.
     """
-    from deltalens.hooks.archs import arch_for
+    from deltalens.hooks.archs import arch_for, n_layers_of
     from deltalens.hooks.weights import base_module, live_weights, transposed_weights
 
     if hasattr(model, "named_weights") and hasattr(model, "hf_model"):
@@ -166,10 +166,7 @@ def residual_writers(model: Any, merged: bool = False, live: dict[str, Tensor] |
     else:
         live = live_weights(model, merged=merged) if live is None else live
         hf, conv1d = base_module(model), transposed_weights(model)
-    cfg = getattr(hf.config, "text_config", None) or hf.config
-    arch = arch_for(hf.config)
-    n_layers = int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
-    return _writers_of(arch, live, n_layers, conv1d)
+    return _writers_of(arch_for(hf.config), live, n_layers_of(hf.config), conv1d)
 
 
 class Untied:

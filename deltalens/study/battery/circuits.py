@@ -358,7 +358,7 @@ class CircuitsExperiment:
         """The layer the summary reads the refusal direction at: the first block of the battery's ``layers``."""
         from deltalens.hooks.names import parse_layers
 
-        return parse_layers(self.b.cfg.layers, self.b.model("wa").n_layers)[0]
+        return parse_layers(self.b.cfg.layers, self.b.n_layers())[0]
 
     def run(self) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
         """Compute (or read back) every unit; returns ``(tables, facts for the summary)``."""

@@ -312,6 +312,15 @@ class Battery:
             )
         return self._models[stage]
 
+    def n_layers(self) -> int:
+        """W_A's number of blocks, read from its checkpoint's config (no weights loaded for it, so a
+        fully stored rerun loads no model)."""
+        from deltalens.checkpoints import checkpoint_n_layers
+
+        if "wa" in self._models:
+            return self._models["wa"].n_layers
+        return checkpoint_n_layers(self.family.paths["wa"])
+
     def delta(self, name: str) -> WeightDelta:
         """ΔW of ``alignment`` (W_A − W_0) or a task update (W_FT − W_A), computed once and kept."""
         from deltalens.interventions import weight_delta
@@ -644,7 +653,7 @@ class Battery:
 
     def activation_layers(self) -> list[int]:
         """The blocks Exp 4 reads: ``layers`` widened to at least ``min_layers`` (see :func:`widen_layers`)."""
-        return widen_layers(self.cfg.layers, self.model("wa").n_layers, self.cfg.min_layers)
+        return widen_layers(self.cfg.layers, self.n_layers(), self.cfg.min_layers)
 
     def _stage_overlap(self, stage: str, variant: str, layers: list[int]) -> pd.DataFrame:
         """One Exp 4 unit: last-real-token ``hook_resid_post`` MSO between every pair of sets on ``stage``."""
@@ -826,7 +835,7 @@ class Battery:
 
         sets = self.family.sources
         layers = self.activation_layers() if "activation_overlap" in self.cfg.experiments else []
-        paper = parse_layers(self.cfg.layers, self.model("wa").n_layers) if layers else []
+        paper = parse_layers(self.cfg.layers, self.n_layers()) if layers else []
         return {
             "activation_sets": sets,
             "h1_source": sets.get("harmful_1"),
